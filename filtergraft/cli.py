@@ -1,0 +1,67 @@
+"""Command-line pieces shared by the method scripts: the grafting flags and their checks."""
+import argparse
+
+from .errors import UserError
+from .runner import LEVELS, SOURCES, GraftSettings
+
+
+def add_grafting_flags(parser, resume_flag=True):
+    """The flags every grafting script has (SPEC §6)."""
+    g = parser.add_argument_group("grafting")
+    g.add_argument("--s", default="checkpoint/grafting", metavar="DIR", help="session directory")
+    g.add_argument("--num", type=int, default=1, help="number of networks in the ring (1: baseline)")
+    g.add_argument("--i", type=int, default=1, help="index of this network, 1..num")
+    g.add_argument("--a", type=float, default=0.4, help="A in α = (A/π)·arctan(c·ΔH) + 0.5")
+    g.add_argument("--c", type=float, default=500.0, help="c in α = (A/π)·arctan(c·ΔH) + 0.5")
+    g.add_argument("--cos", action="store_true", help="cosine learning rate, annealed every iteration")
+    g.add_argument("--difflr", action="store_true",
+                   help="network i starts at lr·(1 + cos(π·(num − i)/num))/2 instead of lr")
+    g.add_argument("--level", choices=LEVELS, default="layer", help="graft whole layers or single filters")
+    g.add_argument("--criterion", choices=("entropy", "l1"), default="entropy", help="information of a layer")
+    g.add_argument("--source", choices=SOURCES, default="external",
+                   help="scion: the previous network (external), Gaussian noise, or the network itself")
+    g.add_argument("--noise-decay", type=float, default=0.9,
+                   help="noise source: σ_t = noise_decay^epoch, 0 < noise_decay < 1")
+    g.add_argument("--invalid-threshold", type=float, default=0.1,
+                   help="noise/internal sources: a filter with L1 norm below this is invalid")
+    g.add_argument("--graft-timeout", type=float, default=7200.0,
+                   help="seconds to wait for the previous network's weights before giving up")
+    g.add_argument("--heartbeat-timeout", type=float, default=30.0,
+                   help="seconds without a heartbeat after which a network on another host counts as dead")
+    g.add_argument("--seed", type=int, default=None, help="network i uses seed + i")
+    if resume_flag:
+        g.add_argument("--resume", action="store_true", help="continue from the session's last_<i>.t7")
+    return g
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` that must be > 0."""
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+        return value
+    return parse
+
+
+def graft_settings(args):
+    """GraftSettings from parsed flags, after checking them."""
+    if args.num < 1:
+        raise UserError(f"--num must be at least 1, not {args.num}")
+    if not 1 <= args.i <= args.num:
+        raise UserError(f"--i must be between 1 and --num ({args.num}), not {args.i}")
+    if args.level == "filter" and args.num < 2:
+        raise UserError("--level filter grafts between networks; use --num 2 or more")
+    if not 0 < args.noise_decay < 1:
+        raise UserError(f"--noise-decay must be between 0 and 1, not {args.noise_decay}")
+    if args.graft_timeout <= 0 or args.heartbeat_timeout <= 0:
+        raise UserError("--graft-timeout and --heartbeat-timeout must be positive")
+    return GraftSettings(index=args.i, num=args.num, a=args.a, c=args.c, level=args.level,
+                         criterion=args.criterion, source=args.source, noise_decay=args.noise_decay,
+                         invalid_threshold=args.invalid_threshold, timeout=args.graft_timeout,
+                         heartbeat_timeout=args.heartbeat_timeout)
+
+
+def network_seed(args):
+    """Network i's seed: --seed + i, or None for a fresh random one."""
+    return None if args.seed is None else args.seed + args.i

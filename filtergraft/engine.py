@@ -1,0 +1,215 @@
+"""Training and evaluation loops, learning-rate schedules, checkpoint and resume, the metrics log."""
+import bisect
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import check_compatible, state_dict_of
+from .errors import UserError
+from .rng import rng_state, set_rng_state
+from .session import is_terminal
+
+
+def resolve_device(name=None):
+    """`name` as a torch.device; None means CUDA when available, else the CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def sgd(model, lr, momentum=0.9, weight_decay=5e-4):
+    """SGD with momentum and weight decay over all parameters that require gradients."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def difflr(lr, index, num):
+    """Initial learning rate of network i of N under --difflr: lr·(1 + cos(π·(N − i)/N)) / 2."""
+    return lr * (1 + math.cos(math.pi * (num - index) / num)) / 2
+
+
+class LRSchedule:
+    """Per-iteration learning-rate factor: cosine, 0.5·(1 + cos(π·t/T)) over all T iterations, or
+    step, gamma^(number of milestone epochs passed)."""
+
+    def __init__(self, epochs, iters_per_epoch, cosine=False, milestones=(), gamma=0.1):
+        self.total = epochs * iters_per_epoch
+        self.iters_per_epoch = iters_per_epoch
+        self.cosine = cosine
+        self.milestones = sorted(milestones)
+        self.gamma = gamma
+
+    def __call__(self, iteration):
+        if self.cosine:
+            return 0.5 * (1 + math.cos(math.pi * min(iteration, self.total) / self.total))
+        epochs_done = iteration // self.iters_per_epoch
+        return self.gamma ** bisect.bisect_right(self.milestones, epochs_done)
+
+
+def every(step, epochs):
+    """Milestones at every `step` epochs: step, 2·step, ... below `epochs`."""
+    return list(range(step, epochs, step))
+
+
+def cross_entropy_loss(logits, targets, inputs):
+    """The plain objective: (CE(logits, targets), no extra parts)."""
+    return F.cross_entropy(logits, targets), {}
+
+
+def correct_topk(logits, targets, topk):
+    """Number of samples whose target is among the k best logits, for each k (a tensor, no sync)."""
+    best = logits.topk(max(topk), dim=1).indices
+    hits = best.eq(targets[:, None])
+    return torch.stack([hits[:, :k].any(dim=1).sum() for k in topk])
+
+
+class Trainer:
+    """Runs epochs of one network: train, an optional end-of-epoch hook (grafting), evaluate, then the
+    metrics line and the best/last checkpoints of its session."""
+
+    def __init__(self, model, optimizer, train_loader, test_loader, session, *, device, epochs,
+                 schedule, loss_fn=cross_entropy_loss, print_freq=50, topk=(1,), after_backward=None,
+                 check_abort=None, generator=None, meta=None):
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.session = session
+        self.device = device
+        self.epochs = epochs
+        self.loss_fn = loss_fn
+        self.print_freq = print_freq
+        self.topk = topk
+        self.after_backward = after_backward
+        self.check_abort = check_abort
+        self.generator = generator
+        self.meta = meta or {}
+        self.best_acc = 0.0
+        self.start_epoch = 1
+
+    @property
+    def lr(self):
+        return self.optimizer.param_groups[0]["lr"]
+
+    def train_epoch(self, epoch):
+        """One pass over the training data; returns mean loss (and its parts) and top-1 accuracy."""
+        self.model.train()
+        totals, seen = None, 0
+        correct = torch.zeros((), device=self.device)
+        batches = len(self.train_loader)
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False) if is_terminal() else None
+        for step, (inputs, targets) in enumerate(bar or self.train_loader, 1):
+            if self.check_abort is not None:
+                self.check_abort()
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            logits = self.model(inputs)
+            loss, parts = self.loss_fn(logits, targets, inputs)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.after_backward is not None:
+                self.after_backward(self.model)
+            self.optimizer.step()
+            self.scheduler.step()
+            n = targets.size(0)
+            values = torch.stack([loss.detach(), *(p.detach() for p in parts.values())]) * n
+            totals = values if totals is None else totals + values
+            correct += correct_topk(logits.detach(), targets, (1,))[0]
+            seen += n
+            if step % self.print_freq == 0 or step == batches:
+                line = (f"epoch {epoch} [{step}/{batches}] loss {totals[0].item() / seen:.4f} "
+                        f"acc {100.0 * correct.item() / seen:.2f}% lr {self.lr:.5f}")
+                self.session.log(line, console=bar is None)
+        if bar is not None:
+            bar.close()
+        means = (totals / seen).tolist()
+        result = {"train_loss": means[0], "train_acc": 100.0 * correct.item() / seen}
+        result.update({f"train_{name}": value for name, value in zip(parts, means[1:])})
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, prefix="test"):
+        """Mean cross-entropy and top-k accuracies (percent) on the test loader."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros(len(self.topk), device=self.device)
+        seen = 0
+        for inputs, targets in self.test_loader:
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            logits = self.model(inputs)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum")
+            correct += correct_topk(logits, targets, self.topk)
+            seen += targets.size(0)
+        accs = (100.0 * correct / seen).tolist()
+        result = {f"{prefix}_loss": loss_sum.item() / seen, f"{prefix}_acc": accs[0]}
+        for k, acc in zip(self.topk[1:], accs[1:]):
+            result[f"{prefix}_acc{k}"] = acc
+        return result
+
+    def last_checkpoint(self, epoch):
+        """Everything --resume needs to continue after `epoch`."""
+        generators = [self.generator] if self.generator is not None else []
+        return {"net": self.model.state_dict(), "epoch": epoch, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "best_acc": self.best_acc,
+                "rng": rng_state(*generators), **self.meta}
+
+    def resume(self, state=None):
+        """Continue from the session's last checkpoint (or `state`): weights, optimizer, schedule,
+        best accuracy and random generators; metrics lines past it are dropped."""
+        state = self.session.load_last() if state is None else state
+        for key in ("arch", "num_classes"):
+            if key in self.meta and key in state and state[key] != self.meta[key]:
+                raise UserError(f"--resume: checkpoint was written for {key}={state[key]!r}, "
+                                f"not {self.meta[key]!r}")
+        net = state_dict_of(state, "--resume checkpoint")
+        check_compatible(net, self.model.state_dict(), "--resume checkpoint")
+        self.model.load_state_dict(net)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.best_acc = state.get("best_acc", 0.0)
+        if "rng" in state:
+            set_rng_state(state["rng"], *([self.generator] if self.generator is not None else []))
+        self.start_epoch = state["epoch"] + 1
+        self.session.trim_metrics(state["epoch"])
+        self.session.log(f"resumed from {self.session.last_path} after epoch {state['epoch']} "
+                         f"(best {self.best_acc:.2f}%)")
+
+    def fit(self, epoch_end=None):
+        """Train from start_epoch to epochs. `epoch_end(epoch) -> dict` runs after each epoch's
+        training, before evaluation; what it returns goes into the metrics line."""
+        if self.start_epoch == 1:
+            self.session.trim_metrics(0)
+        for epoch in range(self.start_epoch, self.epochs + 1):
+            start = time.time()
+            lr = self.lr
+            record = {"epoch": epoch, "lr": lr}
+            record.update(self.train_epoch(epoch))
+            if epoch_end is not None:
+                record.update(epoch_end(epoch))
+            record.update(self.evaluate())
+            is_best = record["test_acc"] > self.best_acc
+            self.best_acc = max(self.best_acc, record["test_acc"])
+            record["best_acc"] = self.best_acc
+            record["epoch_time"] = time.time() - start
+            self.session.append_metrics(record)
+            if is_best:
+                self.session.save_best({"net": self.model.state_dict(), "acc": record["test_acc"],
+                                        "epoch": epoch, **self.meta})
+            self.session.save_last(self.last_checkpoint(epoch))
+            self.session.log(f"epoch {epoch}/{self.epochs} lr {lr:.5f} | train loss "
+                             f"{record['train_loss']:.4f} acc {record['train_acc']:.2f}% | test loss "
+                             f"{record['test_loss']:.4f} acc {record['test_acc']:.2f}% "
+                             f"(best {self.best_acc:.2f}%) | {record['epoch_time']:.1f}s")
+        return self.best_acc

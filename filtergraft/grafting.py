@@ -1,0 +1,260 @@
+"""Filter grafting (SPEC §3): information criteria, the graft coefficient, and grafting a network with a
+peer's weights layer by layer or filter by filter, or with scions from noise or from itself."""
+import math
+import operator
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from .analysis import filter_l1_norms
+
+BINS = 10
+LAYER_TYPES = (nn.Conv2d, nn.Linear)
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+# Modules that pass channel j of their input to channel j of their output without mixing channels.
+CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+               nn.Dropout, nn.Flatten, nn.Identity)
+CHANNELWISE_FUNCTIONS = (torch.relu, torch.flatten, nn.functional.relu, nn.functional.avg_pool2d,
+                         nn.functional.max_pool2d, nn.functional.adaptive_avg_pool2d)
+
+
+def layer_entropy(weight, bins=BINS):
+    """H = −Σ p_k log p_k over `bins` equal bins of [min, max] (the maximum in the last bin); 0 if constant."""
+    values = weight.detach().float().flatten()
+    low, high = values.min(), values.max()
+    span = (high - low).clamp_min(torch.finfo(values.dtype).tiny)
+    index = ((values - low) / span * bins).long().clamp_(0, bins - 1)
+    p = torch.bincount(index, minlength=bins).double() / values.numel()
+    entropy = -(p * p.clamp_min(1e-300).log()).sum()
+    return torch.where(high > low, entropy, torch.zeros_like(entropy))
+
+
+def l1_information(weight):
+    """The L1 criterion: mean |w| of the layer."""
+    return weight.detach().double().abs().mean()
+
+
+CRITERIA = {"entropy": layer_entropy, "l1": l1_information}
+
+
+def graft_coefficient(h_self, h_peer, a=0.4, c=500.0):
+    """α = (A/π)·arctan(c·(H_self − H_peer)) + 0.5, rounded to two decimals (as the reference release).
+
+    Works on floats and on tensors (elementwise, without leaving the device)."""
+    if torch.is_tensor(h_self) or torch.is_tensor(h_peer):
+        alpha = a / math.pi * torch.atan(c * (torch.as_tensor(h_self) - torch.as_tensor(h_peer))) + 0.5
+        return torch.round(alpha * 100) / 100
+    return round(a / math.pi * math.atan(c * (h_self - h_peer)) + 0.5, 2)
+
+
+@dataclass
+class GraftUnit:
+    """One layer for grafting: the tensor its information is measured on and every tensor mixed with
+    its coefficient (its bias, the BatchNorm that follows it)."""
+
+    name: str
+    weight: str
+    members: list = field(default_factory=list)
+    norm: str = None  # module name of the BatchNorm directly after the layer
+    next_layers: list = field(default_factory=list)  # layers fed channel-wise by that BatchNorm
+
+
+def _float_tensors(module, prefix):
+    """State-dict keys of a module's own floating parameters and buffers (not its children's)."""
+    keys = [f"{prefix}.{n}" for n, p in module.named_parameters(recurse=False) if p.is_floating_point()]
+    keys += [f"{prefix}.{n}" for n, b in module.named_buffers(recurse=False)
+             if b is not None and b.is_floating_point()]
+    return keys
+
+
+def _trace(model):
+    """The fx graph of `model`, or None where it cannot be traced symbolically."""
+    try:
+        return fx.symbolic_trace(model).graph
+    except Exception:  # any tracing failure: fall back to registration order
+        return None
+
+
+def _is_channelwise(node, modules):
+    if node.op == "call_module":
+        return isinstance(modules[node.target], CHANNELWISE)
+    if node.op == "call_function":
+        return node.target in CHANNELWISE_FUNCTIONS
+    return node.op == "call_method" and node.target in ("relu", "flatten", "view", "reshape", "relu_")
+
+
+def _graph_links(graph, modules):
+    """From an fx graph: {norm name: layer name} for each BatchNorm fed directly by a conv/linear, and
+    {norm name: [layer names]} for the layers its output reaches through channel-wise operations."""
+    follows, feeds = {}, {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], NORM_TYPES):
+            continue
+        source = node.args[0]
+        if (isinstance(source, fx.Node) and source.op == "call_module"
+                and isinstance(modules[source.target], LAYER_TYPES) and len(source.users) == 1):
+            follows[node.target] = source.target
+        reached, frontier = [], list(node.users)
+        while frontier:
+            user = frontier.pop()
+            if user.op == "call_module" and isinstance(modules[user.target], LAYER_TYPES):
+                reached.append(user.target)
+            elif _is_channelwise(user, modules) and user.target is not operator.add:
+                frontier.extend(user.users)
+            else:
+                reached = None
+                break
+        if reached:
+            feeds[node.target] = reached
+    return follows, feeds
+
+
+def _order_links(model):
+    """Fallback when tracing fails: a BatchNorm registered right after a layer with as many channels follows it."""
+    follows, previous = {}, None
+    for name, module in model.named_modules():
+        if isinstance(module, NORM_TYPES) and previous is not None:
+            prev_name, prev = previous
+            out = prev.out_channels if isinstance(prev, nn.Conv2d) else prev.out_features
+            if out == module.num_features:
+                follows[name] = prev_name
+        if isinstance(module, LAYER_TYPES + NORM_TYPES) or len(list(module.children())) == 0:
+            previous = (name, module) if isinstance(module, LAYER_TYPES) else None
+    return follows, {}
+
+
+def graft_units(model):
+    """Every Conv2d and Linear as a unit with its bias and following BatchNorm, found by module type;
+    any other module with floating tensors (an orphan BatchNorm, say) is a unit of its own."""
+    modules = dict(model.named_modules())
+    graph = _trace(model)
+    follows, feeds = _graph_links(graph, modules) if graph is not None else _order_links(model)
+    norm_of = {layer: norm for norm, layer in follows.items()}
+    units, claimed = [], set()
+    for name, module in modules.items():
+        if isinstance(module, LAYER_TYPES):
+            unit = GraftUnit(name, f"{name}.weight", _float_tensors(module, name))
+            if name in norm_of:
+                unit.norm = norm_of[name]
+                unit.members += _float_tensors(modules[unit.norm], unit.norm)
+                unit.next_layers = feeds.get(unit.norm, [])
+                claimed.add(unit.norm)
+            units.append(unit)
+    for name, module in modules.items():
+        if name in claimed or isinstance(module, LAYER_TYPES):
+            continue
+        members = _float_tensors(module, name)
+        if members:
+            weight = f"{name}.weight" if f"{name}.weight" in members else members[0]
+            units.append(GraftUnit(name, weight, members))
+    return units
+
+
+class Grafter:
+    """Grafts a model with a peer's pre-graft weights at the end of each epoch (SPEC §3)."""
+
+    def __init__(self, model, a=0.4, c=500.0, criterion="entropy", level="layer"):
+        self.model = model
+        self.a = a
+        self.c = c
+        self.information = CRITERIA[criterion]
+        self.level = level
+        self.units = graft_units(model)
+
+    @torch.no_grad()
+    def graft(self, peer_state):
+        """W ← α·W + (1 − α)·W_peer for every unit (per filter at level 'filter'); returns the per-layer
+        records [{name, alpha, h_self, h_peer}]."""
+        own = self.model.state_dict()
+        device = own[self.units[0].weight].device
+        peer = {k: peer_state[k].to(device, non_blocking=True) for k in own if own[k].is_floating_point()}
+        h_self = torch.stack([self.information(own[u.weight]) for u in self.units])
+        h_peer = torch.stack([self.information(peer[u.weight]) for u in self.units])
+        alphas = graft_coefficient(h_self, h_peer, self.a, self.c)
+        coefficients = {}
+        for unit, alpha in zip(self.units, alphas):
+            for key in unit.members:
+                coefficients[key] = alpha.to(own[key].dtype)
+        if self.level == "filter":
+            coefficients.update(self._filter_coefficients(own, peer))
+        for key, coef in coefficients.items():
+            own[key].mul_(coef).add_((1 - coef) * peer[key])
+        records = zip(self.units, alphas.tolist(), h_self.tolist(), h_peer.tolist())
+        layers = [{"name": u.name, "alpha": alpha, "h_self": hs, "h_peer": hp} for u, alpha, hs, hp in records]
+        if self.level == "filter":
+            for record, unit in zip(layers, self.units):
+                if unit.weight in coefficients and coefficients[unit.weight].dim() > 0:
+                    record["alpha"] = float(coefficients[unit.weight].mean())
+        return layers
+
+    def _filter_coefficients(self, own, peer):
+        """Per-channel coefficients w_j = |γ_self,j| / (|γ_self,j| + |γ_peer,j|) of every BatchNorm, applied
+        to output filter j of the layer before it, to its channel j, and to input channel j of the layers
+        after it; a weight touched from both sides takes the mean of its two coefficients."""
+        out_coef, in_coef = {}, {}
+        for unit in self.units:
+            if unit.norm is None:
+                continue
+            gamma_self = own[f"{unit.norm}.weight"].abs()
+            gamma_peer = peer[f"{unit.norm}.weight"].abs()
+            total = gamma_self + gamma_peer
+            w = torch.where(total > 0, gamma_self / total.clamp_min(1e-12), torch.full_like(total, 0.5))
+            out_coef[unit.name] = w
+            for layer in unit.next_layers:
+                in_coef[layer] = w
+        coefficients = {}
+        for unit in self.units:
+            w_out, w_in = out_coef.get(unit.name), in_coef.get(unit.name)
+            if w_out is None and w_in is None:
+                continue
+            weight = own[unit.weight]
+            shape = [1] * weight.dim()
+            parts = []
+            if w_out is not None:
+                parts.append(w_out.view(-1, *shape[1:]))
+            if w_in is not None:
+                repeat = weight.shape[1] // w_in.numel()  # a flattened C×H×W input feeds a Linear
+                parts.append(w_in.repeat_interleave(repeat).view(1, -1, *shape[2:]))
+            coefficients[unit.weight] = sum(parts) / len(parts)
+            if w_out is not None:
+                for key in unit.members:
+                    if key != unit.weight:
+                        coefficients[key] = w_out
+        return coefficients
+
+
+def _conv_layers(model):
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+@torch.no_grad()
+def graft_noise(model, sigma, threshold):
+    """Noise scion: W_f ← W_f + N(0, σ²) for every conv filter f with L1 norm < threshold."""
+    layers = []
+    for name, conv in _conv_layers(model):
+        invalid = filter_l1_norms(conv.weight) < threshold
+        noise = torch.randn_like(conv.weight) * sigma
+        conv.weight.add_(noise * invalid.view(-1, 1, 1, 1))
+        layers.append({"name": name, "invalid": int(invalid.sum()), "sigma": sigma})
+    return layers
+
+
+@torch.no_grad()
+def graft_internal(model, threshold, a=0.4, c=500.0):
+    """Internal scion: in each conv, the k-th weakest of the filters with L1 norm < threshold is grafted
+    with the k-th strongest filter, W ← α·W + (1 − α)·W_strong, α from the two filters' entropies."""
+    layers = []
+    for name, conv in _conv_layers(model):
+        weight = conv.weight
+        order = filter_l1_norms(weight).argsort()
+        invalid = order[filter_l1_norms(weight)[order] < threshold]
+        count = min(invalid.numel(), weight.shape[0] - invalid.numel())
+        weak, strong = invalid[:count], order.flip(0)[:count]
+        if count:
+            h_weak = torch.stack([layer_entropy(weight[i]) for i in weak])
+            h_strong = torch.stack([layer_entropy(weight[i]) for i in strong])
+            alpha = graft_coefficient(h_weak, h_strong, a, c).to(weight.dtype).view(-1, 1, 1, 1)
+            weight[weak] = alpha * weight[weak] + (1 - alpha) * weight[strong]
+        layers.append({"name": name, "invalid": int(invalid.numel()), "grafted": count})
+    return layers

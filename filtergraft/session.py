@@ -1,0 +1,143 @@
+"""The session directory (SPEC §7): one network's log, metrics, best and last checkpoints, config record."""
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import atomic_save, load_checkpoint
+from .errors import UserError
+
+CONFIG_FILE = "session.json"
+
+
+@dataclass(frozen=True)
+class SessionFiles:
+    """File names of one run inside its directory."""
+
+    log: str
+    metrics: str
+    best: str
+    last: str
+
+
+def network_files(index):
+    """Grafting sessions: one set of files per network i."""
+    return SessionFiles(f"{index}.log", f"metrics_{index}.jsonl", f"best_{index}.t7", f"last_{index}.t7")
+
+
+SINGLE_RUN_FILES = SessionFiles("train.log", "metrics.jsonl", "best.pth.tar", "last.pth.tar")
+
+
+def _check_writable(root):
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to session directory {root} ({err.strerror}); "
+                        f"choose a writable directory") from None
+
+
+def _record_config(root, config):
+    """Write the session's configuration once; refuse a later run whose configuration differs."""
+    path = root / CONFIG_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{path} is unreadable; remove it or choose another session directory") from None
+        diff = {k: (recorded.get(k), v) for k, v in config.items() if recorded.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}={new!r} (session has {old!r})" for k, (old, new) in diff.items())
+            raise UserError(f"session directory {root} holds another run: {what}; choose another directory")
+        return
+    with os.fdopen(fd, "w") as f:
+        json.dump(config, f, indent=1, sort_keys=True)
+
+
+class Session:
+    """One run's files in a session directory, its log and its metrics."""
+
+    def __init__(self, root, files, config=None, resume=False):
+        self.root = Path(root)
+        self.files = files
+        _check_writable(self.root)
+        if config is not None:
+            _record_config(self.root, config)
+        if resume and not self.last_path.exists():
+            raise UserError(f"--resume: {self.last_path} does not exist; start without --resume")
+        if not resume and self.last_path.exists():
+            raise UserError(f"{self.root} already holds this run ({self.files.last}); "
+                            f"pass --resume to continue it or choose another directory")
+        self._log = open(self.root / files.log, "a", buffering=1)
+
+    @property
+    def metrics_path(self):
+        return self.root / self.files.metrics
+
+    @property
+    def best_path(self):
+        return self.root / self.files.best
+
+    @property
+    def last_path(self):
+        return self.root / self.files.last
+
+    def log(self, message, console=True):
+        """Append one line to the log file and, unless told otherwise, print it."""
+        if console:
+            print(message, flush=True)
+        self._log.write(message + "\n")
+
+    def close(self):
+        self._log.close()
+
+    def append_metrics(self, record):
+        """One JSON object per epoch."""
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def trim_metrics(self, last_epoch):
+        """Keep only the lines of epochs <= last_epoch, so a resumed run leaves no duplicate and no
+        half-written line behind."""
+        if not self.metrics_path.exists():
+            return
+        kept = [line for line in read_jsonl(self.metrics_path) if line.get("epoch", 0) <= last_epoch]
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(line) + "\n" for line in kept))
+        os.replace(tmp, self.metrics_path)
+
+    def save_best(self, checkpoint):
+        atomic_save(checkpoint, self.best_path)
+
+    def save_last(self, checkpoint):
+        atomic_save(checkpoint, self.last_path)
+
+    def load_last(self):
+        state = load_checkpoint(self.last_path, "--resume checkpoint")
+        if not isinstance(state, dict) or not {"net", "epoch", "optimizer"} <= set(state):
+            raise UserError(f"--resume: {self.last_path} is not a resumable checkpoint of this project")
+        return state
+
+
+def read_jsonl(path):
+    """The JSON objects of a .jsonl file; an unparsable line (a write cut by a kill) is skipped."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def is_terminal():
+    """True when progress bars make sense (stderr is a terminal)."""
+    return sys.stderr.isatty()

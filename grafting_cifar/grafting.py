@@ -1,0 +1,71 @@
+"""Filter grafting on CIFAR-10/100: one network of a grafting session (--num 1 trains the baseline).
+
+    python grafting_cifar/grafting.py --model resnet56 --cifar 10 --num 2 --i 1 --s runs/r56
+"""
+import argparse
+
+import torch
+
+from filtergraft import cli
+from filtergraft.data import DATASETS, cifar_like_datasets, make_loaders
+from filtergraft.engine import LRSchedule, Trainer, difflr, every, resolve_device, sgd
+from filtergraft.errors import UserError, exit_on_user_error
+from filtergraft.models import create_model, model_names
+from filtergraft.rng import seed_everything
+from filtergraft.runner import run_network
+from filtergraft.session import Session, network_files
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Filter grafting on CIFAR (one network of the ring)")
+    parser.add_argument("--lr", type=cli.positive(float), default=0.1, help="initial learning rate")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--batch-size", type=cli.positive(int), default=128)
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+    parser.add_argument("--data", default="../data", help="CIFAR root directory")
+    parser.add_argument("--dataset", choices=DATASETS, default="cifar",
+                        help="cifar, digits (scikit-learn's, offline) or fake (tests)")
+    parser.add_argument("--model", default="resnet32", help=f"one of: {', '.join(model_names())}")
+    parser.add_argument("--cifar", type=int, default=10, help="10 or 100 classes")
+    parser.add_argument("--workers", "-j", type=int, default=2, help="data loading processes")
+    parser.add_argument("--print_frequence", type=cli.positive(int), default=50, help="batches between log lines")
+    parser.add_argument("--lr-step", type=cli.positive(int), default=60, help="step schedule: ×0.1 every N epochs")
+    cli.add_grafting_flags(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, not {args.epochs}")
+    if args.cifar not in (10, 100):
+        raise UserError(f"--cifar must be 10 or 100, not {args.cifar}")
+    if args.model not in model_names():
+        create_model(args.model)  # raises the error listing the valid names
+    settings = cli.graft_settings(args)
+    device = resolve_device(args.device)
+    seed = cli.network_seed(args)
+    if seed is not None:
+        seed_everything(seed)
+    train_set, test_set = cifar_like_datasets(args.dataset, args.data, args.cifar)
+    config = {"script": "grafting_cifar", "model": args.model, "num": args.num,
+              "num_classes": args.cifar, "dataset": args.dataset}
+    session = Session(args.s, network_files(args.i), config=config, resume=args.resume)
+    model = create_model(args.model, args.cifar).to(device)
+    train_loader, test_loader, generator = make_loaders(
+        train_set, test_set, args.batch_size, args.workers, seed, pin_memory=device.type == "cuda")
+    lr = difflr(args.lr, args.i, args.num) if args.difflr else args.lr
+    schedule = LRSchedule(args.epochs, len(train_loader), cosine=args.cos, milestones=every(args.lr_step, args.epochs))
+    meta = {"arch": args.model, "num_classes": args.cifar}
+    trainer = Trainer(model, sgd(model, lr), train_loader, test_loader, session, device=device,
+                      epochs=args.epochs, schedule=schedule, print_freq=args.print_frequence,
+                      generator=generator, meta=meta)
+    session.log(f"{args.model} on {args.dataset} ({args.cifar} classes), network {args.i}/{args.num}, "
+                f"{sum(p.numel() for p in model.parameters()):,} parameters, lr {lr:g}, device {device}, "
+                f"torch {torch.__version__}")
+    run_network(trainer, settings, resume=args.resume, arch=args.model)
+
+
+if __name__ == "__main__":
+    with exit_on_user_error("grafting.py"):
+        main()
