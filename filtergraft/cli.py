@@ -65,3 +65,19 @@ def graft_settings(args):
 def network_seed(args):
     """Network i's seed: --seed + i, or None for a fresh random one."""
     return None if args.seed is None else args.seed + args.i
+
+
+def add_speed_flags(parser):
+    """Flags that change how fast a network trains, not what it learns."""
+    g = parser.add_argument_group("speed")
+    g.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only; off keeps fp32 as the papers)")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    return g
+
+
+def speed_options(args, device):
+    """Trainer keyword arguments for the speed flags, checked against the device."""
+    if args.amp and device.type != "cuda":
+        raise UserError("--amp (bfloat16 autocast) needs a CUDA device; drop --amp on the CPU")
+    return {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile}

@@ -78,8 +78,14 @@ class Trainer:
 
     def __init__(self, model, optimizer, train_loader, test_loader, session, *, device, epochs,
                  schedule, loss_fn=cross_entropy_loss, print_freq=50, topk=(1,), after_backward=None,
-                 check_abort=None, generator=None, meta=None):
+                 check_abort=None, generator=None, meta=None, amp=False, channels_last=False, compile=False):
         self.model = model
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        # The compiled module shares its parameters with `model`, whose state dict keeps the plain names.
+        self.forward = torch.compile(model) if compile else model
+        self.amp = amp
         self.optimizer = optimizer
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.train_loader = train_loader
@@ -97,6 +103,13 @@ class Trainer:
         self.best_acc = 0.0
         self.start_epoch = 1
 
+    def _to_device(self, inputs, targets):
+        inputs = inputs.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        return inputs, targets.to(self.device, non_blocking=True)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+
     @property
     def lr(self):
         return self.optimizer.param_groups[0]["lr"]
@@ -111,10 +124,10 @@ class Trainer:
         for step, (inputs, targets) in enumerate(bar or self.train_loader, 1):
             if self.check_abort is not None:
                 self.check_abort()
-            inputs = inputs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            logits = self.model(inputs)
-            loss, parts = self.loss_fn(logits, targets, inputs)
+            inputs, targets = self._to_device(inputs, targets)
+            with self._autocast():
+                logits = self.forward(inputs)
+                loss, parts = self.loss_fn(logits, targets, inputs)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.after_backward is not None:
@@ -145,9 +158,9 @@ class Trainer:
         correct = torch.zeros(len(self.topk), device=self.device)
         seen = 0
         for inputs, targets in self.test_loader:
-            inputs = inputs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            logits = self.model(inputs)
+            inputs, targets = self._to_device(inputs, targets)
+            with self._autocast():
+                logits = self.forward(inputs).float()
             loss_sum += F.cross_entropy(logits, targets, reduction="sum")
             correct += correct_topk(logits, targets, self.topk)
             seen += targets.size(0)

@@ -31,6 +31,7 @@ def parse_args(argv=None):
     parser.add_argument("--print_frequence", type=cli.positive(int), default=50, help="batches between log lines")
     parser.add_argument("--lr-step", type=cli.positive(int), default=60, help="step schedule: ×0.1 every N epochs")
     cli.add_grafting_flags(parser)
+    cli.add_speed_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -44,6 +45,7 @@ def main(argv=None):
         create_model(args.model)  # raises the error listing the valid names
     settings = cli.graft_settings(args)
     device = resolve_device(args.device)
+    speed = cli.speed_options(args, device)
     seed = cli.network_seed(args)
     if seed is not None:
         seed_everything(seed)
@@ -59,7 +61,7 @@ def main(argv=None):
     meta = {"arch": args.model, "num_classes": args.cifar}
     trainer = Trainer(model, sgd(model, lr), train_loader, test_loader, session, device=device,
                       epochs=args.epochs, schedule=schedule, print_freq=args.print_frequence,
-                      generator=generator, meta=meta)
+                      generator=generator, meta=meta, **speed)
     session.log(f"{args.model} on {args.dataset} ({args.cifar} classes), network {args.i}/{args.num}, "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters, lr {lr:g}, device {device}, "
                 f"torch {torch.__version__}")

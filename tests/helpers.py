@@ -1,0 +1,45 @@
+"""Running the project's real scripts as subprocesses, the way users do."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def script_env(**extra):
+    """The environment for a script under test: one thread each (tests run several processes on 2 cores),
+    no GPU, unbuffered output."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+               CUDA_VISIBLE_DEVICES="", PYTHON=PYTHON)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_script(script, *args, timeout=300, env=None, cwd=REPO):
+    """Run `python script args...` (script relative to the repo) to completion; returns CompletedProcess."""
+    cmd = [PYTHON, str(REPO / script), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or script_env(), cwd=cwd)
+
+
+def start_script(script, *args, log_path=None, env=None):
+    """Start `python script args...` in the background; its output goes to `log_path` (or is discarded)."""
+    cmd = [PYTHON, str(REPO / script), *map(str, args)]
+    out = open(log_path, "w") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or script_env(), cwd=REPO)
+
+
+def run_shell(script, *args, timeout=300, env=None):
+    """Run a launch script with bash."""
+    return subprocess.run(["bash", str(REPO / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env or script_env(), cwd=REPO)
+
+
+def one_error_line(result):
+    """Assert a script failed cleanly: non-zero exit, no traceback, one 'error:' line; return that line."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
