@@ -40,8 +40,9 @@ def _check_writable(root):
                         f"choose a writable directory") from None
 
 
-def _record_config(root, config):
-    """Write the session's configuration once; refuse a later run whose configuration differs."""
+def _record_config(root, config, details):
+    """Write the session's configuration once (with informational `details`, e.g. the epoch budget);
+    refuse a later run whose configuration differs."""
     path = root / CONFIG_FILE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -56,18 +57,18 @@ def _record_config(root, config):
             raise UserError(f"session directory {root} holds another run: {what}; choose another directory")
         return
     with os.fdopen(fd, "w") as f:
-        json.dump(config, f, indent=1, sort_keys=True)
+        json.dump({**config, "details": details or {}}, f, indent=1, sort_keys=True)
 
 
 class Session:
     """One run's files in a session directory, its log and its metrics."""
 
-    def __init__(self, root, files, config=None, resume=False):
+    def __init__(self, root, files, config=None, resume=False, details=None):
         self.root = Path(root)
         self.files = files
         _check_writable(self.root)
         if config is not None:
-            _record_config(self.root, config)
+            _record_config(self.root, config, details)
         if resume and not self.last_path.exists():
             raise UserError(f"--resume: {self.last_path} does not exist; start without --resume")
         if not resume and self.last_path.exists():

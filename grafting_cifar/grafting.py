@@ -50,9 +50,11 @@ def main(argv=None):
     if seed is not None:
         seed_everything(seed)
     train_set, test_set = cifar_like_datasets(args.dataset, args.data, args.cifar)
-    config = {"script": "grafting_cifar", "model": args.model, "num": args.num,
-              "num_classes": args.cifar, "dataset": args.dataset}
-    session = Session(args.s, network_files(args.i), config=config, resume=args.resume)
+    config = {"script": "grafting_cifar", "model": args.model, "num": args.num, "num_classes": args.cifar,
+              "dataset": args.dataset, "level": args.level, "criterion": args.criterion, "source": args.source,
+              "difflr": args.difflr, "cos": args.cos}
+    details = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "a": args.a, "c": args.c}
+    session = Session(args.s, network_files(args.i), config=config, resume=args.resume, details=details)
     model = create_model(args.model, args.cifar).to(device)
     train_loader, test_loader, generator = make_loaders(
         train_set, test_set, args.batch_size, args.workers, seed, pin_memory=device.type == "cuda")
