@@ -195,7 +195,7 @@ class Trainer:
         if "rng" in state:
             set_rng_state(state["rng"], *([self.generator] if self.generator is not None else []))
         self.start_epoch = state["epoch"] + 1
-        self.session.trim_metrics(state["epoch"])
+        self.session.sync_metrics(state["epoch"], state.get("metrics"))
         self.session.log(f"resumed from {self.session.last_path} after epoch {state['epoch']} "
                          f"(best {self.best_acc:.2f}%)")
 
@@ -203,7 +203,7 @@ class Trainer:
         """Train from start_epoch to epochs. `epoch_end(epoch) -> dict` runs after each epoch's
         training, before evaluation; what it returns goes into the metrics line."""
         if self.start_epoch == 1:
-            self.session.trim_metrics(0)
+            self.session.sync_metrics(0)
         for epoch in range(self.start_epoch, self.epochs + 1):
             start = time.time()
             lr = self.lr
@@ -216,11 +216,11 @@ class Trainer:
             self.best_acc = max(self.best_acc, record["test_acc"])
             record["best_acc"] = self.best_acc
             record["epoch_time"] = time.time() - start
-            self.session.append_metrics(record)
             if is_best:
                 self.session.save_best({"net": self.model.state_dict(), "acc": record["test_acc"],
                                         "epoch": epoch, **self.meta})
-            self.session.save_last(self.last_checkpoint(epoch))
+            self.session.save_last({**self.last_checkpoint(epoch), "metrics": record})
+            self.session.append_metrics(record)
             self.session.log(f"epoch {epoch}/{self.epochs} lr {lr:.5f} | train loss "
                              f"{record['train_loss']:.4f} acc {record['train_acc']:.2f}% | test loss "
                              f"{record['test_loss']:.4f} acc {record['test_acc']:.2f}% "

@@ -25,13 +25,18 @@ class ExchangeError(UserError):
 
 
 def _pid_alive(pid):
+    """Whether a process of this host runs; a zombie (killed, not yet reaped by its parent) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _read_json(path):
@@ -181,4 +186,13 @@ class RingExchange:
         if error is None:
             _write_json(self.marker(self.index, "done"), {"time": time.time()})
         else:
-            _write_json(self.marker(self.index, "failed"), {"time": time.time(), "reason": error})
+            announce_failure(self.dir, self.index, error)
+
+
+def announce_failure(directory, index, reason):
+    """Write exchange/net<i>.failed so that the other networks stop instead of waiting for this one."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        _write_json(Path(directory) / f"net{index}.failed", {"time": time.time(), "reason": reason})
+    except OSError:
+        pass  # an unwritable session directory was the error being reported

@@ -21,7 +21,7 @@ CHANNELWISE_FUNCTIONS = (torch.relu, torch.flatten, nn.functional.relu, nn.funct
 
 def layer_entropy(weight, bins=BINS):
     """H = −Σ p_k log p_k over `bins` equal bins of [min, max] (the maximum in the last bin); 0 if constant."""
-    values = weight.detach().float().flatten()
+    values = weight.detach().double().flatten()
     low, high = values.min(), values.max()
     span = (high - low).clamp_min(torch.finfo(values.dtype).tiny)
     index = ((values - low) / span * bins).long().clamp_(0, bins - 1)
@@ -62,8 +62,9 @@ class GraftUnit:
 
 def _float_tensors(module, prefix):
     """State-dict keys of a module's own floating parameters and buffers (not its children's)."""
-    keys = [f"{prefix}.{n}" for n, p in module.named_parameters(recurse=False) if p.is_floating_point()]
-    keys += [f"{prefix}.{n}" for n, b in module.named_buffers(recurse=False)
+    prefix = f"{prefix}." if prefix else ""  # the root module's own tensors (ViT's class_token) have no prefix
+    keys = [f"{prefix}{n}" for n, p in module.named_parameters(recurse=False) if p.is_floating_point()]
+    keys += [f"{prefix}{n}" for n, b in module.named_buffers(recurse=False)
              if b is not None and b.is_floating_point()]
     return keys
 

@@ -1,16 +1,20 @@
 """One network of a grafting session, end to end: resume, train, graft at the end of every epoch through
 the ring exchange (or from a noise / internal scion), and leave a marker for the others on the way out."""
+import contextlib
 import signal
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
+from .dist_exchange import DistRingExchange
 from .errors import UserError
-from .exchange import RingExchange
+from .exchange import RingExchange, announce_failure
 from .grafting import Grafter, graft_internal, graft_noise
 
 SOURCES = ("external", "noise", "internal")
 LEVELS = ("layer", "filter")
+EXCHANGES = ("file", "dist")
 
 
 @dataclass
@@ -28,6 +32,7 @@ class GraftSettings:
     invalid_threshold: float = 0.1
     timeout: float = 7200.0
     heartbeat_timeout: float = 30.0
+    exchange: str = "file"  # file: <session>/exchange on a shared filesystem; dist: torch.distributed
 
     @property
     def uses_ring(self):
@@ -76,6 +81,18 @@ def _reason(err):
     return f"{type(err).__name__}: {err}"
 
 
+@contextlib.contextmanager
+def failures_announced(session_dir, index, num):
+    """Around a whole ring network's script: an error before the ring starts (bad data, a refused resume)
+    still leaves net<i>.failed, so the peers stop at once instead of waiting for a network that never comes."""
+    try:
+        yield
+    except BaseException as err:
+        if num > 1 and not isinstance(err, SystemExit):
+            announce_failure(Path(session_dir) / "exchange", index, _reason(err))
+        raise
+
+
 def run_network(trainer, settings, resume=False, arch=None):
     """Train `trainer`'s network as network `settings.index` of the session, grafting every epoch when
     the session has peers or a scion source; any failure is logged and announced to the peers."""
@@ -85,9 +102,14 @@ def run_network(trainer, settings, resume=False, arch=None):
     grafting = settings.uses_ring or settings.source != "external"
     exchange = None
     if settings.uses_ring:
-        exchange = RingExchange(session.root / "exchange", settings.index, settings.num, arch=arch,
-                                timeout=settings.timeout, heartbeat_timeout=settings.heartbeat_timeout,
-                                device=trainer.device, log=session.log)
+        if settings.exchange == "dist":
+            exchange = DistRingExchange(settings.index, settings.num, arch=arch, timeout=settings.timeout,
+                                        heartbeat_timeout=settings.heartbeat_timeout, device=trainer.device,
+                                        log=session.log)
+        else:
+            exchange = RingExchange(session.root / "exchange", settings.index, settings.num, arch=arch,
+                                    timeout=settings.timeout, heartbeat_timeout=settings.heartbeat_timeout,
+                                    device=trainer.device, log=session.log)
         trainer.check_abort = exchange.check
         exchange.start()
     if settings.uses_ring:

@@ -104,12 +104,13 @@ class Session:
             f.flush()
             os.fsync(f.fileno())
 
-    def trim_metrics(self, last_epoch):
-        """Keep only the lines of epochs <= last_epoch, so a resumed run leaves no duplicate and no
-        half-written line behind."""
-        if not self.metrics_path.exists():
-            return
-        kept = [line for line in read_jsonl(self.metrics_path) if line.get("epoch", 0) <= last_epoch]
+    def sync_metrics(self, last_epoch, record=None):
+        """Make the metrics file end at `last_epoch`: drop later (and half-written) lines, and append that
+        epoch's `record` (kept in the last checkpoint) when a kill struck between checkpoint and metrics."""
+        kept = [line for line in read_jsonl(self.metrics_path) if line.get("epoch", 0) <= last_epoch] \
+            if self.metrics_path.exists() else []
+        if record is not None and (not kept or kept[-1].get("epoch") != last_epoch):
+            kept.append(record)
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(line) + "\n" for line in kept))
         os.replace(tmp, self.metrics_path)

@@ -12,7 +12,7 @@ from filtergraft.engine import LRSchedule, Trainer, difflr, every, resolve_devic
 from filtergraft.errors import UserError, exit_on_user_error
 from filtergraft.models import create_model, model_names
 from filtergraft.rng import seed_everything
-from filtergraft.runner import run_network
+from filtergraft.runner import failures_announced, run_network
 from filtergraft.session import Session, network_files
 
 
@@ -37,6 +37,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    with failures_announced(args.s, args.i, args.num):
+        train(args)
+
+
+def train(args):
     if args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, not {args.epochs}")
     if args.cifar not in (10, 100):

@@ -1,0 +1,151 @@
+"""Entropy, the graft coefficient, layer discovery, filter-level grafting and scion sources, against
+hand-computed values and independent NumPy computations."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from filtergraft.grafting import Grafter, graft_coefficient, graft_internal, graft_noise, graft_units, layer_entropy
+from filtergraft.models import create_model
+
+
+def numpy_entropy(values, bins=10):
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.max() == values.min():
+        return 0.0
+    counts, _ = np.histogram(values, bins=bins, range=(values.min(), values.max()))
+    p = counts[counts > 0] / values.size
+    return float(-(p * np.log(p)).sum())
+
+
+def test_entropy_hand_values():
+    assert float(layer_entropy(torch.full((4, 3, 3, 3), 0.7))) == 0.0
+    assert float(layer_entropy(torch.tensor([0.0, 0.0, 1.0, 1.0]))) == pytest.approx(math.log(2))
+    assert float(layer_entropy(torch.arange(10.0))) == pytest.approx(math.log(10))
+    # three values in bins 0, 4 and 9 with counts 2, 1, 1
+    assert float(layer_entropy(torch.tensor([0.0, 0.0, 0.45, 1.0]))) == pytest.approx(
+        -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+
+
+def test_entropy_matches_numpy_histogram():
+    torch.manual_seed(0)
+    for shape in [(16, 3, 3, 3), (64, 32, 3, 3), (10, 64)]:
+        w = torch.randn(shape) * 0.1
+        assert float(layer_entropy(w)) == pytest.approx(numpy_entropy(w.numpy()), abs=1e-12)
+
+
+def test_graft_coefficient_hand_values():
+    assert graft_coefficient(1.3, 1.3) == 0.5
+    assert graft_coefficient(math.log(2), 0.0) == 0.7  # 0.4/π·atan(346.6) + 0.5 = 0.69963
+    assert graft_coefficient(0.0, math.log(2)) == 0.3
+    assert graft_coefficient(0.001, 0.0) == 0.56  # 0.4/π·atan(0.5) + 0.5 = 0.55903
+    assert graft_coefficient(0.001, 0.0, a=0.4, c=5000) == 0.67  # 0.4/π·atan(5) + 0.5 = 0.67488
+    tensor = graft_coefficient(torch.tensor([0.001, 0.0]), torch.tensor([0.0, 0.0]))
+    assert tensor.tolist() == pytest.approx([0.56, 0.5])
+
+
+def by_name(units):
+    return {u.name: u for u in units}
+
+
+def test_every_conv_and_linear_is_a_unit_with_its_batchnorm():
+    units = by_name(graft_units(create_model("resnet20")))
+    assert units["conv1"].norm == "bn1"
+    assert units["layer2.0.conv2"].members == ["layer2.0.conv2.weight", *(f"layer2.0.bn2.{k}" for k in (
+        "weight", "bias", "running_mean", "running_var"))]
+    assert units["linear"].norm is None and units["linear"].members == ["linear.weight", "linear.bias"]
+    vgg = by_name(graft_units(create_model("vgg11")))
+    assert vgg["features.0"].norm == "features.1" and "features.0.bias" in vgg["features.0"].members
+    assert vgg["features.0"].next_layers == ["features.4"]
+    assert vgg["features.25"].next_layers == ["classifier"]
+    tv = by_name(graft_units(torchvision.models.resnet18(num_classes=10)))
+    assert tv["layer2.0.downsample.0"].norm == "layer2.0.downsample.1"
+    assert tv["layer2.0.conv1"].norm == "layer2.0.bn1"
+
+
+def test_every_floating_tensor_is_grafted_exactly_once():
+    for model in (create_model("mobilenetv2"), create_model("wrn28_10"), torchvision.models.resnet18()):
+        members = [key for unit in graft_units(model) for key in unit.members]
+        floating = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+        assert sorted(members) == sorted(floating)
+
+
+def randomised(name, seed):
+    torch.manual_seed(seed)
+    model = create_model(name)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.weight.data.uniform_(-1, 1)
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    return model
+
+
+def test_layer_grafting_mixes_each_layer_with_its_own_alpha():
+    own, peer = randomised("vgg11", 0), randomised("vgg11", 1)
+    before = {k: v.clone() for k, v in own.state_dict().items()}
+    peer_state = peer.state_dict()
+    records = {r["name"]: r for r in Grafter(own).graft(peer_state)}
+    for layer, norm in [("features.0", "features.1"), ("features.8", "features.9"), ("classifier", None)]:
+        w_self, w_peer = before[f"{layer}.weight"], peer_state[f"{layer}.weight"]
+        alpha = graft_coefficient(numpy_entropy(w_self.numpy()), numpy_entropy(w_peer.numpy()))
+        assert records[layer]["alpha"] == pytest.approx(alpha)
+        keys = [f"{layer}.weight", f"{layer}.bias"] + ([f"{norm}.{k}" for k in ("weight", "bias", "running_mean",
+                                                                                "running_var")] if norm else [])
+        for key in keys:
+            expected = alpha * before[key] + (1 - alpha) * peer_state[key]
+            torch.testing.assert_close(own.state_dict()[key], expected)
+    assert torch.equal(own.state_dict()["features.1.num_batches_tracked"], before["features.1.num_batches_tracked"])
+
+
+def test_filter_level_grafting_uses_per_channel_gamma_coefficients():
+    own, peer = randomised("vgg11", 2), randomised("vgg11", 3)
+    before = {k: v.clone() for k, v in own.state_dict().items()}
+    p = peer.state_dict()
+    Grafter(own, level="filter").graft(p)
+    after = own.state_dict()
+
+    def w(bn):
+        g_self, g_peer = before[f"{bn}.weight"].abs(), p[f"{bn}.weight"].abs()
+        return g_self / (g_self + g_peer)
+
+    def mixed(key, coef):
+        return coef * before[key] + (1 - coef) * p[key]
+
+    w1, w2, w_last = w("features.1"), w("features.5"), w("features.26")
+    torch.testing.assert_close(after["features.0.weight"], mixed("features.0.weight", w1.view(-1, 1, 1, 1)))
+    torch.testing.assert_close(after["features.0.bias"], mixed("features.0.bias", w1))
+    torch.testing.assert_close(after["features.1.running_var"], mixed("features.1.running_var", w1))
+    between = (w2.view(-1, 1, 1, 1) + w1.view(1, -1, 1, 1)) / 2  # output filter k of BN 5, input channel j of BN 1
+    torch.testing.assert_close(after["features.4.weight"], mixed("features.4.weight", between))
+    torch.testing.assert_close(after["classifier.weight"], mixed("classifier.weight", w_last.view(1, -1)))
+
+
+def with_invalid_filters(seed):
+    torch.manual_seed(seed)
+    model = create_model("resnet20")
+    invalid = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            index = torch.randperm(module.out_channels)[:3]
+            module.weight.data[index] *= 1e-4
+            invalid[name] = index
+    return model, invalid
+
+
+@pytest.mark.parametrize("source", ["noise", "internal"])
+def test_scion_sources_touch_only_invalid_filters(source):
+    model, invalid = with_invalid_filters(4)
+    before = {name: m.weight.detach().clone() for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    if source == "noise":
+        records = graft_noise(model, sigma=0.5, threshold=0.1)
+    else:
+        records = graft_internal(model, threshold=0.1)
+    assert all(r["invalid"] == 3 for r in records)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            changed = (module.weight != before[name]).flatten(1).any(dim=1)
+            assert sorted(changed.nonzero().flatten().tolist()) == sorted(invalid[name].tolist())
