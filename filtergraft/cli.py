@@ -1,8 +1,13 @@
 """Command-line pieces shared by the method scripts: the grafting flags and their checks."""
 import argparse
+import os
 
+import torch
+
+from .dist_exchange import torchrun_rank
+from .data import LOADERS
 from .errors import UserError
-from .runner import LEVELS, SOURCES, GraftSettings
+from .runner import EXCHANGES, LEVELS, SOURCES, GraftSettings
 
 
 def add_grafting_flags(parser, resume_flag=True):
@@ -10,7 +15,7 @@ def add_grafting_flags(parser, resume_flag=True):
     g = parser.add_argument_group("grafting")
     g.add_argument("--s", default="checkpoint/grafting", metavar="DIR", help="session directory")
     g.add_argument("--num", type=int, default=1, help="number of networks in the ring (1: baseline)")
-    g.add_argument("--i", type=int, default=1, help="index of this network, 1..num")
+    g.add_argument("--i", type=int, default=1, help="index of this network, 1..num (--exchange dist: RANK + 1)")
     g.add_argument("--a", type=float, default=0.4, help="A in α = (A/π)·arctan(c·ΔH) + 0.5")
     g.add_argument("--c", type=float, default=500.0, help="c in α = (A/π)·arctan(c·ΔH) + 0.5")
     g.add_argument("--cos", action="store_true", help="cosine learning rate, annealed every iteration")
@@ -28,6 +33,9 @@ def add_grafting_flags(parser, resume_flag=True):
                    help="seconds to wait for the previous network's weights before giving up")
     g.add_argument("--heartbeat-timeout", type=float, default=30.0,
                    help="seconds without a heartbeat after which a network on another host counts as dead")
+    g.add_argument("--exchange", choices=EXCHANGES, default="file",
+                   help="how the networks swap weights: files in <s>/exchange (one shared filesystem), or "
+                        "torch.distributed under torchrun (--i and --num from RANK and WORLD_SIZE)")
     g.add_argument("--seed", type=int, default=None, help="network i uses seed + i")
     if resume_flag:
         g.add_argument("--resume", action="store_true", help="continue from the session's last_<i>.t7")
@@ -44,8 +52,22 @@ def positive(kind):
     return parse
 
 
+def _networks_from_torchrun(args):
+    """--exchange dist: torchrun numbers the networks, rank r is network r + 1 of WORLD_SIZE; with several
+    visible GPUs and no --device, network r uses GPU LOCAL_RANK."""
+    rank, world = torchrun_rank()
+    if args.num != world:
+        raise UserError(f"--num {args.num} does not match the {world} processes torchrun started (WORLD_SIZE); "
+                        f"pass --num {world}")
+    args.i = rank + 1
+    if getattr(args, "device", "") is None and torch.cuda.device_count() > 1:
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+
+
 def graft_settings(args):
     """GraftSettings from parsed flags, after checking them."""
+    if args.exchange == "dist":
+        _networks_from_torchrun(args)
     if args.num < 1:
         raise UserError(f"--num must be at least 1, not {args.num}")
     if not 1 <= args.i <= args.num:
@@ -59,7 +81,7 @@ def graft_settings(args):
     return GraftSettings(index=args.i, num=args.num, a=args.a, c=args.c, level=args.level,
                          criterion=args.criterion, source=args.source, noise_decay=args.noise_decay,
                          invalid_threshold=args.invalid_threshold, timeout=args.graft_timeout,
-                         heartbeat_timeout=args.heartbeat_timeout)
+                         heartbeat_timeout=args.heartbeat_timeout, exchange=args.exchange)
 
 
 def network_seed(args):
@@ -70,6 +92,9 @@ def network_seed(args):
 def add_speed_flags(parser):
     """Flags that change how fast a network trains, not what it learns."""
     g = parser.add_argument_group("speed")
+    g.add_argument("--loader", choices=LOADERS, default="auto",
+                   help="data pipeline: torchvision transforms in DataLoader workers (torch), or the whole "
+                        "dataset on the device with batched augmentation (tensor); auto: tensor for in-memory data")
     g.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only; off keeps fp32 as the papers)")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")

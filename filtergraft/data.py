@@ -1,6 +1,7 @@
 """Datasets and loaders: CIFAR-10/100, scikit-learn's digits as 32x32 RGB, FakeData, ImageFolder."""
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
@@ -99,16 +100,174 @@ def cifar_like_datasets(name, root, num_classes=10):
             datasets.FakeData(FAKE_SIZES["test"], (3, 32, 32), num_classes, test_tf, random_offset=10**6))
 
 
-def make_loaders(train_set, test_set, batch_size, workers, seed=None, pin_memory=False):
-    """Shuffled training loader driven by its own generator (so resume can restore the data order),
-    and an ordered test loader. Returns (train_loader, test_loader, generator)."""
+def in_memory_images(dataset):
+    """(uint8 N x 3 x H x W tensor, int64 targets) of a CIFAR-like dataset, or None when its images are
+    files (ImageFolder)."""
+    if hasattr(dataset, "data") and hasattr(dataset, "targets"):
+        images = torch.as_tensor(np.asarray(dataset.data))
+        return images.permute(0, 3, 1, 2).contiguous(), torch.as_tensor(dataset.targets, dtype=torch.long)
+    if isinstance(dataset, datasets.FakeData):
+        plain = datasets.FakeData(len(dataset), dataset.image_size, dataset.num_classes,
+                                  random_offset=dataset.random_offset)
+        pairs = [plain[i] for i in range(len(plain))]
+        images = torch.stack([torch.as_tensor(np.asarray(image)) for image, _ in pairs])
+        return images.permute(0, 3, 1, 2).contiguous(), torch.tensor([int(t) for _, t in pairs])
+    return None
+
+
+def _normalization(dataset):
+    for step in getattr(dataset.transform, "transforms", []):
+        if isinstance(step, T.Normalize):
+            return step.mean, step.std
+    raise ValueError("the dataset's transform has no Normalize step")
+
+
+def crop_flip(images, top, left, flip, pad=4):
+    """Batch random crop with zero padding and horizontal flip: sample b is the H x W window at (top_b,
+    left_b) of its zero-padded image, mirrored where flip_b; two gathers, no per-sample loop."""
+    n, c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    rows = top[:, None] + torch.arange(h, device=images.device)
+    band = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * pad))
+    cols = torch.arange(w, device=images.device).expand(n, w)
+    cols = left[:, None] + torch.where(flip[:, None], w - 1 - cols, cols)
+    return band.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+class TensorLoader:
+    """A loader for in-memory uint8 datasets that keeps the whole dataset on the training device and
+    builds each batch with tensor operations: shuffle with the network's own generator, random crop
+    (padding 4, offsets uniform over the 9 x 9 positions) and flip (p = 0.5) for training, then
+    normalisation. Same augmentation distribution as the torchvision transforms, without per-image work."""
+
+    def __init__(self, dataset, batch_size, device, train, generator=None, pad=4):
+        images, targets = in_memory_images(dataset)
+        self.images = images.to(device)
+        self.targets = targets.to(device)
+        mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in _normalization(dataset))
+        # (x/255 − mean)/std as one multiply-add on the uint8 values
+        self.scale, self.shift = 1 / (255 * std), -mean / std
+        self.batch_size = batch_size
+        self.device = device
+        self.train = train
+        self.generator = generator
+        self.pad = pad
+        self.dataset = dataset
+
+    def __len__(self):
+        return -(-len(self.targets) // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.targets)
+        order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
+        if self.train:
+            top = torch.randint(0, 2 * self.pad + 1, (n,), generator=self.generator)
+            left = torch.randint(0, 2 * self.pad + 1, (n,), generator=self.generator)
+            flip = torch.rand(n, generator=self.generator) < 0.5
+            top, left, flip = (t.to(self.device, non_blocking=True) for t in (top, left, flip))
+        order = order.to(self.device, non_blocking=True)
+        for start in range(0, n, self.batch_size):
+            index = order[start:start + self.batch_size]
+            images = self.images[index]
+            if self.train:
+                span = slice(start, start + len(index))
+                images = crop_flip(images, top[span], left[span], flip[span], self.pad)
+            yield torch.addcmul(self.shift, images.float(), self.scale), self.targets[index]
+
+
+LOADERS = ("auto", "tensor", "torch")
+
+
+def describe_loader(loader):
+    """'tensor' or 'torch (N workers)', for the log."""
+    if isinstance(loader, TensorLoader):
+        return "tensor"
+    return f"torch ({loader.num_workers} workers)"
+
+
+def make_loaders(train_set, test_set, batch_size, workers, seed=None, pin_memory=False, loader="torch",
+                 device="cpu"):
+    """Training loader shuffled by its own generator (so resume can restore the data order) and an ordered
+    test loader: torchvision's per-image pipeline in DataLoader workers ('torch'), or the whole in-memory
+    dataset on `device` with batched augmentation ('tensor'); 'auto' takes 'tensor' for in-memory datasets.
+    Returns (train_loader, test_loader, generator)."""
     generator = torch.Generator()
     if seed is None:
         generator.seed()
     else:
         generator.manual_seed(seed)
+    in_memory = in_memory_images(test_set) is not None
+    if loader == "auto":
+        loader = "tensor" if in_memory else "torch"
+    if loader == "tensor":
+        if not in_memory:
+            raise UserError("--loader tensor needs an in-memory dataset (cifar, digits, fake); use --loader torch")
+        return (TensorLoader(train_set, batch_size, device, True, generator),
+                TensorLoader(test_set, batch_size, device, False), generator)
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator, **common)
     test_loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, **common)
     return train_loader, test_loader, generator
 
+
+def imagenet_transforms(crop_size=224, resize_size=256):
+    """(train, eval) transforms of the ImageNet recipe: RandomResizedCrop(crop) and a horizontal flip for
+    training, Resize(resize) then CenterCrop(crop) for evaluation, ImageNet normalisation for both."""
+    normalize = T.Normalize(*IMAGENET_STATS)
+    train = T.Compose([T.RandomResizedCrop(crop_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+    evaluation = T.Compose([T.Resize(resize_size), T.CenterCrop(crop_size), T.ToTensor(), normalize])
+    return train, evaluation
+
+
+class UnreadableImage(UserError):
+    """An image file that cannot be decoded. A DataLoader worker re-raises an exception in the main process
+    as `type(text)` with the worker's whole traceback as text; this keeps only the one-line message."""
+
+    def __init__(self, message):
+        marker = f"{type(self).__module__}.{type(self).__qualname__}: "
+        lines = [line for line in str(message).splitlines() if line.startswith(marker)]
+        super().__init__(lines[-1][len(marker):] if lines else message)
+
+
+def checked_image_loader(path):
+    """torchvision's default image loader; a file it cannot decode raises UnreadableImage naming the file.
+
+    Checked when read, not up front: scanning ImageNet's 1.28M files before training would take longer
+    than an epoch on many disks."""
+    try:
+        return datasets.folder.default_loader(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        if isinstance(err, Image.UnidentifiedImageError):
+            reason = "not a format PIL can identify"
+        else:
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'corrupt'}"
+        raise UnreadableImage(f"cannot read image {path} ({reason}); replace or remove the file") from None
+
+
+def _image_folder(directory, transform):
+    try:
+        return datasets.ImageFolder(directory, transform=transform, loader=checked_image_loader)
+    except FileNotFoundError as err:
+        raise UserError(f"{directory}: {str(err).rstrip('.')}; train/ and val/ each need one folder per "
+                        f"class with at least one image in it") from None
+
+
+def image_folder_datasets(root, crop_size=224, resize_size=256):
+    """(train, val) ImageFolder datasets of ROOT/train and ROOT/val (one folder per class, the same classes
+    in both) with the ImageNet transforms."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise UserError(f"--data {root} is not a directory; give the folder that holds train/ and val/")
+    for split in ("train", "val"):
+        if not os.path.isdir(os.path.join(root, split)):
+            raise UserError(f"--data {root} has no {split}/ folder; it must hold train/ and val/, each with "
+                            f"one folder of images per class (scripts/make_imagefolder.py writes a small one)")
+    train_tf, eval_tf = imagenet_transforms(crop_size, resize_size)
+    train_set = _image_folder(os.path.join(root, "train"), train_tf)
+    val_set = _image_folder(os.path.join(root, "val"), eval_tf)
+    if train_set.classes != val_set.classes:
+        only_train = sorted(set(train_set.classes) - set(val_set.classes))
+        only_val = sorted(set(val_set.classes) - set(train_set.classes))
+        raise UserError(f"--data {root}: train/ and val/ hold different classes (only in train: {only_train[:3]}, "
+                        f"only in val: {only_val[:3]}); both need the same class folders")
+    return train_set, val_set

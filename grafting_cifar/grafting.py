@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from filtergraft import cli
-from filtergraft.data import DATASETS, cifar_like_datasets, make_loaders
+from filtergraft.data import DATASETS, cifar_like_datasets, describe_loader, make_loaders
 from filtergraft.engine import LRSchedule, Trainer, difflr, every, resolve_device, sgd
 from filtergraft.errors import UserError, exit_on_user_error
 from filtergraft.models import create_model, model_names
@@ -62,7 +62,8 @@ def train(args):
     session = Session(args.s, network_files(args.i), config=config, resume=args.resume, details=details)
     model = create_model(args.model, args.cifar).to(device)
     train_loader, test_loader, generator = make_loaders(
-        train_set, test_set, args.batch_size, args.workers, seed, pin_memory=device.type == "cuda")
+        train_set, test_set, args.batch_size, args.workers, seed, pin_memory=device.type == "cuda",
+        loader=args.loader, device=device)
     lr = difflr(args.lr, args.i, args.num) if args.difflr else args.lr
     schedule = LRSchedule(args.epochs, len(train_loader), cosine=args.cos, milestones=every(args.lr_step, args.epochs))
     meta = {"arch": args.model, "num_classes": args.cifar}
@@ -71,6 +72,7 @@ def train(args):
                       generator=generator, meta=meta, **speed)
     session.log(f"{args.model} on {args.dataset} ({args.cifar} classes), network {args.i}/{args.num}, "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters, lr {lr:g}, device {device}, "
+                f"{describe_loader(train_loader)} data pipeline, "
                 f"torch {torch.__version__}")
     run_network(trainer, settings, resume=args.resume, arch=args.model)
 

@@ -1,0 +1,68 @@
+"""Summarise session directories into a Markdown table beside the papers' numbers, and plot them.
+
+    python scripts/summarize.py checkpoint/grafting_resnet32_c10_n2 --baseline checkpoint/baseline_resnet32_c10
+    python scripts/summarize.py runs/cifar_grafting --csv results.csv --no-plots
+
+A directory that holds sessions (baseline.sh's run1..runN, a reproduce script's runs/...) stands for all of
+them. Sessions still running are summarised with the epochs done so far. Directories that cannot be read
+are named on stderr, one line each; the exit status is 0 when at least one session was read, 2 when none.
+"""
+import argparse
+import sys
+
+from filtergraft.errors import UserError, exit_on_user_error
+from filtergraft.report import find_sessions, markdown, write_csv
+
+PROG = "summarize.py"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="session directories (or directories holding them)")
+    parser.add_argument("--baseline", action="append", default=[], metavar="DIR",
+                        help="baseline session(s), drawn in the plots of the sessions with the same model, "
+                             "data and classes (repeatable)")
+    parser.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    parser.add_argument("--no-plots", action="store_true", help="only the table")
+    return parser.parse_intermixed_args(argv)
+
+
+def warn(message):
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    baselines, skipped_baselines = find_sessions(args.baseline)
+    sessions, skipped = find_sessions(args.dirs)
+    for path, reason in skipped_baselines + skipped:
+        warn(f"skipped {path}: {reason}")
+    known = {s.path.resolve() for s in sessions}
+    everything = [b for b in baselines if b.path.resolve() not in known] + sessions
+    if not everything:
+        raise UserError("none of the given directories is a readable session")
+    plots = []
+    if not args.no_plots:
+        from filtergraft.plots import write_plots  # matplotlib loads only when plotting
+
+        for session in everything:
+            plots += write_plots(session, baselines)
+    for session in everything:
+        for problem in session.problems:
+            warn(f"{session.path}: {problem}")
+    print(markdown(everything))
+    if args.csv:
+        try:
+            write_csv(everything, args.csv)
+        except OSError as err:
+            raise UserError(f"cannot write --csv {args.csv} ({err.strerror})") from None
+        print(f"\ntable written to {args.csv}")
+    if plots:
+        print("\nplots:")
+        for path in plots:
+            print(f"  {path}")
+
+
+if __name__ == "__main__":
+    with exit_on_user_error(PROG):
+        main()
