@@ -7,6 +7,13 @@
 # GPU nvidia-smi lists; when there is none, the CPU, with the cores shared out between the processes.
 # Each network's console goes to SESSION_DIR/<i>.out (its log is SESSION_DIR/<i>.log). Waits for all,
 # reports every exit status, and returns non-zero when any network failed.
+#
+# EXCHANGE=dist starts one torchrun instead: NUM networks on this machine, NNODES machines (default 1),
+# this one NODE_RANK; MASTER_ADDR and MASTER_PORT name node 0 (on one machine without MASTER_PORT,
+# torchrun --standalone picks a free port). The networks swap weights over torch.distributed
+# (--exchange dist), network i being torchrun rank i - 1; same GPUs, same <i>.out and <i>.log, same exit
+# report (for this machine's networks), and torchrun's own output in SESSION_DIR/torchrun_node<NODE_RANK>.out.
+# A single network has nothing to exchange and starts as with EXCHANGE=file.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${PYTHON:-}" ]; then
@@ -32,7 +39,15 @@ gpu_for() {
 launch_ring() {
     local script=$1 num=$2 dir=$3
     shift 3
+    case "${EXCHANGE:-file}" in
+        file|dist) ;;
+        *) echo "error: EXCHANGE must be file or dist, not '$EXCHANGE'" >&2; return 2 ;;
+    esac
     mkdir -p "$dir" || return 1
+    if [ "${EXCHANGE:-file}" = dist ] && [ $((num * ${NNODES:-1})) -gt 1 ]; then
+        launch_torchrun "$script" "$num" "$dir" "$@"
+        return
+    fi
     local threads=$(( $(nproc) / num ))
     [ "$threads" -ge 1 ] || threads=1
     local pids=() i gpu
@@ -52,12 +67,77 @@ launch_ring() {
     for i in $(seq 1 "$num"); do
         wait "${pids[$((i - 1))]}"
         rc=$?
-        if [ "$rc" -eq 0 ]; then
-            echo "network $i: exit 0"
+        report_exit "$i" "$rc" "$dir"
+        [ "$rc" -eq 0 ] || status=1
+    done
+    return $status
+}
+
+# report_exit I RC DIR: one network's exit status, with the last line of its console when it failed.
+report_exit() {
+    if [ "$2" -eq 0 ]; then
+        echo "network $1: exit 0"
+    else
+        echo "network $1: exit $2 ($(tail -n 1 "$3/$1.out" 2>/dev/null))"
+    fi
+}
+
+# dist_worker STATUS_DIR SESSION_DIR THREADS PYTHON FLAGS...: one torchrun worker, network RANK + 1 on the
+# GPU gpu_for gives its local rank (or the CPU), console to SESSION_DIR/<i>.out. It outlives torchrun's
+# SIGTERM until the network has said why it stops, and leaves the exit status in STATUS_DIR/<i>.
+dist_worker() {
+    local status_dir=$1 dir=$2 threads=$3 python=$4
+    shift 4
+    local i=$((RANK + 1)) gpu child rc
+    gpu=$(gpu_for "$((LOCAL_RANK + 1))")
+    if [ -n "$gpu" ]; then
+        export CUDA_VISIBLE_DEVICES=$gpu
+    else
+        export CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=$threads
+    fi
+    trap ':' TERM INT
+    # A background job would ignore SIGINT, and torchrun passes a Ctrl-C on as SIGINT.
+    ( trap - INT; exec "$python" "$@" >"$dir/$i.out" 2>&1 ) &
+    child=$!
+    while kill -0 "$child" 2>/dev/null; do wait "$child"; done
+    wait "$child"
+    rc=$?
+    echo "$rc" >"$status_dir/$i"
+    return "$rc"
+}
+
+launch_torchrun() {
+    local script=$1 num=$2 dir=$3
+    shift 3
+    local nnodes=${NNODES:-1} node=${NODE_RANK:-0}
+    local threads=$(( $(nproc) / num ))
+    [ "$threads" -ge 1 ] || threads=1
+    local run=(--nproc_per_node="$num")
+    if [ "$nnodes" -eq 1 ] && [ -z "${MASTER_PORT:-}" ]; then
+        run+=(--standalone)  # a free port of its own: sessions side by side do not collide
+    else
+        run+=(--nnodes="$nnodes" --node_rank="$node")
+        [ -n "${MASTER_ADDR:-}" ] && run+=(--master_addr="$MASTER_ADDR")
+        [ -n "${MASTER_PORT:-}" ] && run+=(--master_port="$MASTER_PORT")
+    fi
+    local status_dir
+    status_dir=$(mktemp -d) || return 1
+    echo "torchrun: networks $((node * num + 1))..$(((node + 1) * num)) of $((nnodes * num)) on this machine:" \
+         "logs in $dir/<i>.log, torchrun's in $dir/torchrun_node$node.out"
+    # `--` keeps torchrun from taking the script's --num for its own --numa-binding.
+    "$PYTHON" -m torch.distributed.run "${run[@]}" --no-python -- \
+        bash -c 'source "$0" && dist_worker "$@"' "$REPO_ROOT/scripts/launch_lib.sh" \
+        "$status_dir" "$dir" "${OMP_NUM_THREADS:-$threads}" "$PYTHON" "$script" \
+        --num "$((nnodes * num))" --s "$dir" --exchange dist "$@" >"$dir/torchrun_node$node.out" 2>&1
+    local status=$? i
+    for i in $(seq $((node * num + 1)) $(((node + 1) * num))); do
+        if [ -f "$status_dir/$i" ]; then
+            report_exit "$i" "$(cat "$status_dir/$i")" "$dir"
         else
-            echo "network $i: exit $rc ($(tail -n 1 "$dir/$i.out"))"
-            status=1
+            echo "network $i: did not run to an exit status (see $dir/torchrun_node$node.out)"
         fi
     done
+    [ "$status" -eq 0 ] || echo "torchrun: exit $status (see $dir/torchrun_node$node.out)"
+    rm -rf "$status_dir"
     return $status
 }

@@ -1,0 +1,359 @@
+"""The ring exchange over torch.distributed, for networks started by torchrun (no shared filesystem needed).
+
+Same interface as exchange.RingExchange. Network i = RANK + 1 sends its pre-graft weights to network i + 1
+and receives network i − 1's in one point-to-point transfer of one flat buffer (NCCL on GPUs, gloo on the
+CPU). torchrun's store (the TCP key-value store every worker can reach) carries the rest:
+
+    header/<i>    the weights network i offers: epoch, arch, number of values, a hash of names/shapes/dtypes
+    accepted/<i>  the last epoch whose header from network i − 1 network i checked and accepted
+    beat/<i>      network i's heartbeat counter;  pid/<i>: its pid and host
+    events        one JSON line per network that finished ("done") or failed ("failed", with the reason)
+
+A transfer starts only once both neighbours have checked each other's header, so the blocking wait on
+it lasts as long as the copy itself, and every other wait is a bounded poll that watches the peers.
+"""
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+from .exchange import ExchangeError, _pid_alive
+
+POLL_SECONDS = 0.005
+HEARTBEAT_SECONDS = 0.5
+STORE_TIMEOUT = 30.0
+
+
+def torchrun_rank():
+    """(rank, world size) from the torchrun environment; a UserError when it is not there."""
+    try:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        raise UserError("--exchange dist needs the torchrun environment (RANK, WORLD_SIZE): start the networks "
+                        "with torchrun --nproc_per_node=N -- SCRIPT --exchange dist --num N ..., or with "
+                        "EXCHANGE=dist in the launch scripts") from None
+
+
+def floating_items(state):
+    """The (name, tensor) pairs of a state dict that grafting mixes: the floating-point ones."""
+    return [(k, t) for k, t in state.items() if torch.is_tensor(t) and t.is_floating_point()]
+
+
+def layout_of(state, arch=None):
+    """A short hash of every tensor's name, shape and dtype (and the architecture name): equal layouts,
+    equal hashes."""
+    text = "\n".join(f"{k}:{tuple(t.shape)}:{t.dtype}" for k, t in state.items()) + f"\narch:{arch}"
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def buffer_dtype(state):
+    """The one dtype every floating tensor of `state` converts to and back from losslessly."""
+    dtypes = {t.dtype for _, t in floating_items(state)}
+    result = dtypes.pop()
+    for dtype in dtypes:
+        result = torch.promote_types(result, dtype)
+    return result
+
+
+def flatten(state, device, out=None):
+    """All floating tensors of `state`, in order, as one contiguous 1-D buffer on `device`, written into
+    `out` when given (reusing one buffer every epoch spares touching fresh memory, which costs more than the copy)."""
+    dtype = buffer_dtype(state)
+    return torch.cat([t.detach().reshape(-1).to(device, dtype) for _, t in floating_items(state)], out=out)
+
+
+def reusable(buffer, numel, dtype, device):
+    """`buffer` when it has this size, dtype and device, else a new empty one."""
+    if buffer is not None and (buffer.numel(), buffer.dtype, buffer.device) == (numel, dtype, device):
+        return buffer
+    return torch.empty(numel, dtype=dtype, device=device)
+
+
+def unflatten(flat, reference):
+    """A state dict shaped like `reference` whose floating tensors are consecutive slices of `flat`;
+    the other entries (num_batches_tracked) are the reference's own, since grafting never mixes them."""
+    state, offset = {}, 0
+    for key, ref in reference.items():
+        if torch.is_tensor(ref) and ref.is_floating_point():
+            n = ref.numel()
+            state[key] = flat[offset:offset + n].view(ref.shape).to(ref.dtype)
+            offset += n
+        else:
+            state[key] = ref
+    return state
+
+
+def header(epoch, state, arch=None):
+    """What a network offers before the transfer: epoch, architecture, number of values and layout hash."""
+    return {"epoch": epoch, "arch": arch, "numel": sum(t.numel() for _, t in floating_items(state)),
+            "layout": layout_of(state, arch)}
+
+
+def refusal(theirs, mine, peer, index):
+    """A one-line reason why network `peer`'s header `theirs` does not fit network `index`'s `mine`, or None."""
+    if theirs["epoch"] != mine["epoch"]:
+        return (f"network {peer} is at epoch {theirs['epoch']} but network {index} at epoch {mine['epoch']}: their "
+                f"last_<i>.t7 are from different epochs (one stopped between the exchange and its save), and "
+                f"this exchange keeps no weights to replay an epoch; start a new session")
+    if theirs["arch"] != mine["arch"]:
+        return (f"network {peer} runs {theirs['arch']!r} but network {index} runs {mine['arch']!r}; every network "
+                f"of a session must run the same model")
+    if theirs["layout"] != mine["layout"]:
+        return (f"network {peer}'s weights ({theirs['numel']:,} values) do not fit network {index}'s "
+                f"({mine['numel']:,} values; names or shapes differ); every network must build the same model")
+    return None
+
+
+class DistRingExchange:
+    """Network `index` of `num` (1-based, = RANK + 1 of WORLD_SIZE) in the ring where network i receives
+    from i − 1 and 1 from N, over torch.distributed."""
+
+    def __init__(self, index, num, arch=None, timeout=7200.0, heartbeat_timeout=30.0, startup_timeout=600.0,
+                 device="cpu", log=print):
+        self.index = index
+        self.num = num
+        self.arch = arch
+        self.timeout = timeout
+        self.heartbeat_timeout = heartbeat_timeout
+        self.startup_timeout = startup_timeout
+        self.device = torch.device(device)
+        self.log = log
+        self.peer = num if index == 1 else index - 1
+        self.successor = index % num + 1
+        self.host = socket.gethostname()
+        self._failure = None
+        self._stop = threading.Event()
+        self._thread = None
+        self._address = None
+        self._store = None
+        self._peers = {}
+        self._owns_group = False
+        self._send = None
+        self._received = None
+        self._gave_up = False
+
+    def _error(self, message):
+        """An ExchangeError to raise, remembering that this network stopped on its own account."""
+        self._gave_up = True
+        return ExchangeError(message)
+
+    # -- the store ---------------------------------------------------------------------------------
+
+    def _connect(self):
+        """A new client of torchrun's store, with this session's keys under their own prefix."""
+        store = dist.TCPStore(self._address[0], self._address[1], is_master=False,
+                              timeout=timedelta(seconds=STORE_TIMEOUT))
+        prefix = (f"filtergraft/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
+                  f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/")
+        return dist.PrefixStore(prefix, store)
+
+    def _events(self, store):
+        return [json.loads(line) for line in store.get("events").decode().splitlines() if line]
+
+    def _announce(self, kind, **fields):
+        """Append a done/failed event for this network (best effort: the store may be gone)."""
+        try:
+            self._store.append("events", json.dumps({"index": self.index, "kind": kind, **fields}) + "\n")
+        except (RuntimeError, OSError):
+            pass
+
+    # -- start ---------------------------------------------------------------------------------------
+
+    def start(self):
+        """Join torchrun's store, wait (bounded) until every network has, then set up the process group."""
+        rank, world = torchrun_rank()
+        if (rank + 1, world) != (self.index, self.num):
+            raise self._error(f"network {self.index} of {self.num} runs as torchrun rank {rank} of {world}; "
+                              f"with --exchange dist, --i is RANK + 1 and --num is WORLD_SIZE")
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+            raise UserError("--exchange dist shares torchrun's store between the networks; start them with "
+                            "torchrun (static or c10d rendezvous), not by setting RANK/WORLD_SIZE by hand")
+        self._address = (os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
+        try:
+            self._store = self._connect()
+        except (RuntimeError, ValueError) as err:
+            raise self._error(f"network {self.index} cannot reach torchrun's store at {self._where()} "
+                              f"({_first_line(err)})") from None
+        me = self.index
+        self._store.set(f"pid/{me}", json.dumps({"pid": os.getpid(), "host": self.host}))
+        self._store.set(f"header/{me}", "null")
+        self._store.set(f"accepted/{me}", "0")
+        self._store.add(f"beat/{me}", 1)
+        self._store.append("events", "")
+        self._store.add("started", 1)
+        self._wait_for_everyone()
+        others = [j for j in range(1, self.num + 1) if j != me]
+        infos = self._store.multi_get([f"pid/{j}" for j in others])
+        self._peers = {j: json.loads(info) for j, info in zip(others, infos)}
+        if not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
+                                    timeout=timedelta(seconds=self.timeout))
+            self._owns_group = True
+        if "nccl" in dist.get_backend() and self.device.type == "cuda":
+            self._comm_device = torch.device("cuda", self.device.index if self.device.index is not None
+                                             else torch.cuda.current_device())
+        else:
+            self._comm_device = torch.device("cpu")
+        self._thread = threading.Thread(target=self._watch_loop, name="dist-ring-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def _wait_for_everyone(self):
+        deadline = time.monotonic() + self.startup_timeout
+        while int(self._store.add("started", 0)) < self.num:
+            failure = self._failed_event(self._events(self._store))
+            if failure is not None:
+                raise self._error(f"network {self.index} stops: {failure}")
+            if time.monotonic() > deadline:
+                missing = [str(j) for j in range(1, self.num + 1) if not self._store.check([f"pid/{j}"])]
+                raise self._error(f"network {self.index} stops: network(s) {', '.join(missing)} did not start "
+                                  f"within {self.startup_timeout:.0f}s; see their logs")
+            time.sleep(POLL_SECONDS * 10)
+
+    # -- watching the peers -------------------------------------------------------------------------
+
+    def _where(self):
+        return f"{self._address[0]}:{self._address[1]}"
+
+    def _failed_event(self, events):
+        """The first failure another network announced, preferring one that was not a stop from outside
+        (torchrun's SIGTERM to the others once one fails)."""
+        failed = sorted((e for e in events if e["kind"] == "failed" and e["index"] != self.index),
+                        key=lambda e: e["outside"])
+        return f"network {failed[0]['index']} failed: {failed[0]['reason']}" if failed else None
+
+    def _find_failure(self, store, beats_seen):
+        """A one-line reason when another network failed, died or went silent, else None. A network that
+        died without a word comes first: it is the cause, and those stopped because of it speak after it.
+        `beats_seen` maps network -> (last heartbeat count, monotonic time it last changed)."""
+        events = self._events(store)
+        spoke = {event["index"] for event in events}
+        now = time.monotonic()
+        for j, info in self._peers.items():
+            if j in spoke:
+                continue
+            beat = int(store.add(f"beat/{j}", 0))
+            if beats_seen.get(j, (None,))[0] != beat:
+                beats_seen[j] = (beat, now)
+            where = f"pid {info['pid']} on {info['host']}"
+            if info["host"] == self.host and not _pid_alive(info["pid"]):
+                return f"network {j} ({where}) stopped without finishing"
+            silent = now - beats_seen[j][1]
+            if silent > self.heartbeat_timeout:
+                return f"network {j} ({where}) sent no heartbeat for {silent:.0f}s"
+        return self._failed_event(events)
+
+    def _watch_loop(self):
+        beats_seen = {}
+        try:
+            store = self._connect()
+        except (RuntimeError, ValueError) as err:
+            self._failure = f"lost torchrun's store at {self._where()} ({_first_line(err)})"
+            return
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                store.add(f"beat/{self.index}", 1)
+                failure = self._find_failure(store, beats_seen)
+            except (RuntimeError, ValueError) as err:
+                failure = f"lost torchrun's store at {self._where()} ({_first_line(err)}): its launcher stopped"
+            if failure is not None and self._failure is None:
+                self._failure = failure
+
+    def check(self):
+        """Raise ExchangeError when the watcher found a failed or vanished network (cheap: one attribute)."""
+        if self._failure is not None:
+            raise self._error(f"network {self.index} stops: {self._failure}")
+
+    def _poll(self, key, ready, deadline, what):
+        """The JSON value under `key` once ready(value); until then watch the peers and the deadline."""
+        while True:
+            value = json.loads(self._store.get(key))
+            if ready(value):
+                return value
+            self.check()
+            if time.monotonic() > deadline:
+                raise self._error(f"network {self.index} waited {self.timeout:.0f}s (--graft-timeout) for "
+                                  f"{what}; giving up")
+            time.sleep(POLL_SECONDS)
+
+    # -- the exchange --------------------------------------------------------------------------------
+
+    def publish(self, epoch, state_dict):
+        """Offer this network's pre-graft weights of `epoch` to its successor (flattened into one buffer)."""
+        self.check()
+        numel = sum(t.numel() for _, t in floating_items(state_dict))
+        self._send = reusable(self._send, numel, buffer_dtype(state_dict), self._comm_device)
+        flatten(state_dict, self._comm_device, out=self._send)
+        self._store.set(f"header/{self.index}", json.dumps(header(epoch, state_dict, self.arch)))
+
+    def receive(self, epoch, reference):
+        """The predecessor's pre-graft weights of `epoch` as a state dict shaped like `reference`, after
+        both neighbours checked the headers; the one transfer sends ours and receives theirs together.
+        Its tensors are views of a buffer that the next receive() overwrites."""
+        deadline = time.monotonic() + self.timeout
+        mine = header(epoch, reference, self.arch)
+        theirs = self._poll(f"header/{self.peer}", lambda h: h is not None and h["epoch"] >= epoch, deadline,
+                            f"network {self.peer}'s weights of epoch {epoch}")
+        reason = refusal(theirs, mine, self.peer, self.index)
+        if reason is not None:
+            raise self._error(reason)
+        self._store.set(f"accepted/{self.index}", str(epoch))
+        self._poll(f"accepted/{self.successor}", lambda e: e >= epoch, deadline,
+                   f"network {self.successor} to take the weights of epoch {epoch}")
+        self._received = reusable(self._received, mine["numel"], self._send.dtype, self._comm_device)
+        works = dist.batch_isend_irecv([dist.P2POp(dist.isend, self._send, self.successor - 1),
+                                        dist.P2POp(dist.irecv, self._received, self.peer - 1)])
+        try:
+            for work in works:
+                work.wait(timedelta(seconds=max(deadline - time.monotonic(), 1.0)))
+        except RuntimeError as err:
+            culprit = self._failure or self._look_for_failure()
+            raise self._error(f"network {self.index} stops: the transfer with networks {self.peer} and "
+                              f"{self.successor} broke ({culprit or _first_line(err)})") from None
+        return unflatten(self._received, reference)
+
+    def _look_for_failure(self):
+        """One fresh look for a failed or vanished peer (the watcher's view may be half a second old)."""
+        try:
+            return self._find_failure(self._store, {})
+        except (RuntimeError, ValueError):
+            return None
+
+    def close(self, error=None):
+        """Stop watching, announce done or failed (with the reason) to the peers, and release the group.
+
+        A network stopped from outside (the runner calls this while handling SystemExit from torchrun's
+        SIGTERM, which torchrun sends to the others once one fails) names the network that failed first;
+        after a Ctrl-C (KeyboardInterrupt) there is nothing to name."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2 * HEARTBEAT_SECONDS)
+        if self._store is None:
+            return
+        if error is None:
+            self._announce("done")
+        else:
+            stop = sys.exc_info()[1]
+            said = self._gave_up or isinstance(stop, KeyboardInterrupt)
+            culprit = None if said else self._failure or self._look_for_failure()
+            self._announce("failed", reason=error, outside=isinstance(stop, (KeyboardInterrupt, SystemExit)))
+            if culprit is not None:
+                self.log(f"network {self.index} stops: {culprit}")
+        if self._owns_group and error is None:
+            dist.destroy_process_group()
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
