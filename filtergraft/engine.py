@@ -87,6 +87,7 @@ class Trainer:
         self.forward = torch.compile(model) if compile else model
         self.amp = amp
         self.optimizer = optimizer
+        self.schedule = schedule
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.train_loader = train_loader
         self.test_loader = test_loader
@@ -177,9 +178,10 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "best_acc": self.best_acc,
                 "rng": rng_state(*generators), **self.meta}
 
-    def resume(self, state=None):
-        """Continue from the session's last checkpoint (or `state`): weights, optimizer, schedule,
-        best accuracy and random generators; metrics lines past it are dropped."""
+    def resume(self, state=None, source=None):
+        """Continue from the session's last checkpoint (or `state`, read from `source`): weights, optimizer,
+        position in the schedule, best accuracy and random generators; metrics lines past it are dropped."""
+        source = source or self.session.last_path
         state = self.session.load_last() if state is None else state
         for key in ("arch", "num_classes"):
             if key in self.meta and key in state and state[key] != self.meta[key]:
@@ -191,12 +193,14 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:
             self.scheduler.load_state_dict(state["scheduler"])
+            # the iteration count is restored; the schedule itself is this run's (a longer --epochs extends it)
+            self.scheduler.lr_lambdas = [self.schedule] * len(self.optimizer.param_groups)
         self.best_acc = state.get("best_acc", 0.0)
         if "rng" in state:
             set_rng_state(state["rng"], *([self.generator] if self.generator is not None else []))
         self.start_epoch = state["epoch"] + 1
         self.session.sync_metrics(state["epoch"], state.get("metrics"))
-        self.session.log(f"resumed from {self.session.last_path} after epoch {state['epoch']} "
+        self.session.log(f"resumed from {source} after epoch {state['epoch']} "
                          f"(best {self.best_acc:.2f}%)")
 
     def fit(self, epoch_end=None):

@@ -82,14 +82,15 @@ def _reason(err):
 
 
 @contextlib.contextmanager
-def failures_announced(session_dir, index, num):
-    """Around a whole ring network's script: an error before the ring starts (bad data, a refused resume)
-    still leaves net<i>.failed, so the peers stop at once instead of waiting for a network that never comes."""
+def failures_announced(args):
+    """Around a whole ring network's script (flags --s, --i, --num, --exchange): an error before the ring
+    starts (bad data, a refused resume) still leaves net<i>.failed, so the peers stop at once instead of
+    waiting for a network that never comes. The dist exchange has no files; torchrun reports its ranks."""
     try:
         yield
     except BaseException as err:
-        if num > 1 and not isinstance(err, SystemExit):
-            announce_failure(Path(session_dir) / "exchange", index, _reason(err))
+        if args.num > 1 and getattr(args, "exchange", "file") == "file" and not isinstance(err, SystemExit):
+            announce_failure(Path(args.s) / "exchange", args.i, _reason(err))
         raise
 
 

@@ -44,20 +44,23 @@ def _record_config(root, config, details):
     """Write the session's configuration once (with informational `details`, e.g. the epoch budget);
     refuse a later run whose configuration differs."""
     path = root / CONFIG_FILE
+    tmp = root / f".{CONFIG_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps({**config, "details": details or {}}, indent=1, sort_keys=True))
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        try:
-            recorded = json.loads(path.read_text())
-        except (OSError, ValueError):
-            raise UserError(f"{path} is unreadable; remove it or choose another session directory") from None
-        diff = {k: (recorded.get(k), v) for k, v in config.items() if recorded.get(k) != v}
-        if diff:
-            what = ", ".join(f"{k}={new!r} (session has {old!r})" for k, (old, new) in diff.items())
-            raise UserError(f"session directory {root} holds another run: {what}; choose another directory")
+        os.link(tmp, path)  # atomic create-if-absent: a peer never reads a half-written file
         return
-    with os.fdopen(fd, "w") as f:
-        json.dump({**config, "details": details or {}}, f, indent=1, sort_keys=True)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{path} is unreadable; remove it or choose another session directory") from None
+    diff = {k: (recorded.get(k), v) for k, v in config.items() if recorded.get(k) != v}
+    if diff:
+        what = ", ".join(f"{k}={new!r} (session has {old!r})" for k, (old, new) in diff.items())
+        raise UserError(f"session directory {root} holds another run: {what}; choose another directory")
 
 
 class Session:

@@ -37,7 +37,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    with failures_announced(args.s, args.i, args.num):
+    with failures_announced(args):
         train(args)
 
 

@@ -1,5 +1,6 @@
 """Running the project's real scripts as subprocesses, the way users do."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +32,18 @@ def start_script(script, *args, log_path=None, env=None):
 
 
 def run_shell(script, *args, timeout=300, env=None):
-    """Run a launch script with bash."""
-    return subprocess.run(["bash", str(REPO / script), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env or script_env(), cwd=REPO)
+    """Run a launch script with bash in a process group of its own, so that a timeout also ends the
+    networks it started."""
+    proc = subprocess.Popen(["bash", str(REPO / script), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env or script_env(), cwd=REPO,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def one_error_line(result):
