@@ -72,6 +72,28 @@ def correct_topk(logits, targets, topk):
     return torch.stack([hits[:, :k].any(dim=1).sum() for k in topk])
 
 
+@torch.no_grad()
+def evaluate(model, loader, device, topk=(1,), prefix="test", amp=False, memory_format=torch.contiguous_format):
+    """{prefix_loss: mean cross-entropy, prefix_acc: top-1 %, prefix_acc<k>: top-k %} of `model` on `loader`."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros(len(topk), device=device)
+    seen = 0
+    for inputs, targets in loader:
+        inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = model(inputs).float()
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
+        correct += correct_topk(logits, targets, topk)
+        seen += targets.size(0)
+    accs = (100.0 * correct / seen).tolist()
+    result = {f"{prefix}_loss": loss_sum.item() / seen, f"{prefix}_acc": accs[0]}
+    for k, acc in zip(topk[1:], accs[1:]):
+        result[f"{prefix}_acc{k}"] = acc
+    return result
+
+
 class Trainer:
     """Runs epochs of one network: train, an optional end-of-epoch hook (grafting), evaluate, then the
     metrics line and the best/last checkpoints of its session."""
@@ -151,25 +173,9 @@ class Trainer:
         result.update({f"train_{name}": value for name, value in zip(parts, means[1:])})
         return result
 
-    @torch.no_grad()
     def evaluate(self, prefix="test"):
         """Mean cross-entropy and top-k accuracies (percent) on the test loader."""
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros(len(self.topk), device=self.device)
-        seen = 0
-        for inputs, targets in self.test_loader:
-            inputs, targets = self._to_device(inputs, targets)
-            with self._autocast():
-                logits = self.forward(inputs).float()
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum")
-            correct += correct_topk(logits, targets, self.topk)
-            seen += targets.size(0)
-        accs = (100.0 * correct / seen).tolist()
-        result = {f"{prefix}_loss": loss_sum.item() / seen, f"{prefix}_acc": accs[0]}
-        for k, acc in zip(self.topk[1:], accs[1:]):
-            result[f"{prefix}_acc{k}"] = acc
-        return result
+        return evaluate(self.forward, self.test_loader, self.device, self.topk, prefix, self.amp, self.memory_format)
 
     def last_checkpoint(self, epoch):
         """Everything --resume needs to continue after `epoch`."""
