@@ -83,10 +83,10 @@ def freeze_conv_weights(model):
             module.weight.requires_grad_(False)
 
 
-def kept_stripes(model, epoch):
-    """End-of-epoch metrics: the share of skeleton entries that are non-zero."""
+def kept_stripes(model, threshold, epoch):
+    """End-of-epoch metrics: the share of skeleton entries that pruning would keep (|FS| > threshold)."""
     skeletons = [m.FS.detach() for m in model.modules() if isinstance(m, FilterStripe)]
-    kept = sum(int((fs != 0).sum()) for fs in skeletons)
+    kept = sum(int((fs.abs() > (threshold or 0.0)).sum()) for fs in skeletons)
     return {"stripes_kept": kept / sum(fs.numel() for fs in skeletons)}
 
 
@@ -143,7 +143,8 @@ def main(argv=None):
     train_loader, test_loader, generator = make_loaders(
         train_set, test_set, args.batch_size, args.workers, args.seed, pin_memory=device.type == "cuda",
         loader=args.loader, device=device)
-    schedule = LRSchedule(args.epochs, len(train_loader), milestones=(args.epochs // 2, args.epochs * 3 // 4))
+    milestones = [m for m in (args.epochs // 2, args.epochs * 3 // 4) if m > 0]  # none before the first epoch
+    schedule = LRSchedule(args.epochs, len(train_loader), milestones=milestones)
     after_backward = None if args.sr is None else functools.partial(
         update_skeleton, sr=args.sr, threshold=args.threshold)
     trainer = Trainer(model, sgd(model, args.lr, args.momentum, args.weight_decay), train_loader, test_loader,
@@ -156,7 +157,7 @@ def main(argv=None):
                 f"{describe_loader(train_loader)} data pipeline")
     if args.resume:
         trainer.resume()
-    trainer.fit(functools.partial(kept_stripes, model))
+    trainer.fit(functools.partial(kept_stripes, model, args.threshold))
     input_size = tuple(next(iter(test_loader))[0].shape[1:])
     prune_best(args, trainer, session, input_size)
     session.close()
