@@ -1,12 +1,17 @@
-"""Command-line pieces shared by the method scripts: the grafting flags and their checks."""
+"""Command-line pieces shared by the method scripts: the grafting and speed flags, their checks, and the
+wiring from parsed flags to a ready Trainer for the CIFAR-style scripts."""
 import argparse
 import os
 
 import torch
 
 from .dist_exchange import torchrun_rank
-from .data import LOADERS
+from .data import LOADERS, cifar_like_datasets, describe_loader, make_loaders
+from .engine import LRSchedule, Trainer, cross_entropy_loss, difflr, every, resolve_device, sgd
 from .errors import UserError
+from .models import create_model
+from .rng import seed_everything
+from .session import Session, network_files
 from .runner import EXCHANGES, LEVELS, SOURCES, GraftSettings
 
 
@@ -106,3 +111,36 @@ def speed_options(args, device):
     if args.amp and device.type != "cuda":
         raise UserError("--amp (bfloat16 autocast) needs a CUDA device; drop --amp on the CPU")
     return {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile}
+
+
+def cifar_network(args, arch, num_classes, config, loss_for_device=None):
+    """Network --i of a CIFAR-style grafting session from its flags: seeds, data, the session directory
+    (recording `config` beside the grafting settings), model, loaders, learning rate and schedule.
+    `loss_for_device(device)` gives the training objective (plain cross entropy by default).
+    Returns (trainer, graft settings)."""
+    settings = graft_settings(args)
+    device = resolve_device(args.device)
+    speed = speed_options(args, device)
+    seed = network_seed(args)
+    if seed is not None:
+        seed_everything(seed)
+    train_set, test_set = cifar_like_datasets(args.dataset, args.data, num_classes)
+    config = {"model": arch, "num": args.num, "num_classes": num_classes, "dataset": args.dataset,
+              "level": args.level, "criterion": args.criterion, "source": args.source, "difflr": args.difflr,
+              "cos": args.cos, **config}
+    details = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "a": args.a, "c": args.c}
+    session = Session(args.s, network_files(args.i), config=config, resume=args.resume, details=details)
+    model = create_model(arch, num_classes).to(device)
+    train_loader, test_loader, generator = make_loaders(
+        train_set, test_set, args.batch_size, args.workers, seed, pin_memory=device.type == "cuda",
+        loader=args.loader, device=device)
+    lr = difflr(args.lr, args.i, args.num) if args.difflr else args.lr
+    schedule = LRSchedule(args.epochs, len(train_loader), cosine=args.cos, milestones=every(args.lr_step, args.epochs))
+    loss_fn = loss_for_device(device) if loss_for_device is not None else cross_entropy_loss
+    trainer = Trainer(model, sgd(model, lr), train_loader, test_loader, session, device=device,
+                      epochs=args.epochs, schedule=schedule, loss_fn=loss_fn, print_freq=args.print_frequence,
+                      generator=generator, meta={"arch": arch, "num_classes": num_classes}, **speed)
+    session.log(f"{arch} on {args.dataset} ({num_classes} classes), network {args.i}/{args.num}, "
+                f"{sum(p.numel() for p in model.parameters()):,} parameters, lr {lr:g}, device {device}, "
+                f"{describe_loader(train_loader)} data pipeline, torch {torch.__version__}")
+    return trainer, settings

@@ -4,16 +4,11 @@
 """
 import argparse
 
-import torch
-
 from filtergraft import cli
-from filtergraft.data import DATASETS, cifar_like_datasets, describe_loader, make_loaders
-from filtergraft.engine import LRSchedule, Trainer, difflr, every, resolve_device, sgd
+from filtergraft.data import DATASETS
 from filtergraft.errors import UserError, exit_on_user_error
 from filtergraft.models import create_model, model_names
-from filtergraft.rng import seed_everything
 from filtergraft.runner import failures_announced, run_network
-from filtergraft.session import Session, network_files
 
 
 def parse_args(argv=None):
@@ -48,32 +43,7 @@ def train(args):
         raise UserError(f"--cifar must be 10 or 100, not {args.cifar}")
     if args.model not in model_names():
         create_model(args.model)  # raises the error listing the valid names
-    settings = cli.graft_settings(args)
-    device = resolve_device(args.device)
-    speed = cli.speed_options(args, device)
-    seed = cli.network_seed(args)
-    if seed is not None:
-        seed_everything(seed)
-    train_set, test_set = cifar_like_datasets(args.dataset, args.data, args.cifar)
-    config = {"script": "grafting_cifar", "model": args.model, "num": args.num, "num_classes": args.cifar,
-              "dataset": args.dataset, "level": args.level, "criterion": args.criterion, "source": args.source,
-              "difflr": args.difflr, "cos": args.cos}
-    details = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "a": args.a, "c": args.c}
-    session = Session(args.s, network_files(args.i), config=config, resume=args.resume, details=details)
-    model = create_model(args.model, args.cifar).to(device)
-    train_loader, test_loader, generator = make_loaders(
-        train_set, test_set, args.batch_size, args.workers, seed, pin_memory=device.type == "cuda",
-        loader=args.loader, device=device)
-    lr = difflr(args.lr, args.i, args.num) if args.difflr else args.lr
-    schedule = LRSchedule(args.epochs, len(train_loader), cosine=args.cos, milestones=every(args.lr_step, args.epochs))
-    meta = {"arch": args.model, "num_classes": args.cifar}
-    trainer = Trainer(model, sgd(model, lr), train_loader, test_loader, session, device=device,
-                      epochs=args.epochs, schedule=schedule, print_freq=args.print_frequence,
-                      generator=generator, meta=meta, **speed)
-    session.log(f"{args.model} on {args.dataset} ({args.cifar} classes), network {args.i}/{args.num}, "
-                f"{sum(p.numel() for p in model.parameters()):,} parameters, lr {lr:g}, device {device}, "
-                f"{describe_loader(train_loader)} data pipeline, "
-                f"torch {torch.__version__}")
+    trainer, settings = cli.cifar_network(args, args.model, args.cifar, {"script": "grafting_cifar"})
     run_network(trainer, settings, resume=args.resume, arch=args.model)
 
 

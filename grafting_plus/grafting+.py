@@ -13,14 +13,12 @@ import os
 import torch
 
 from filtergraft import cli
-from filtergraft.data import DATASETS, cifar_like_datasets, describe_loader, make_loaders
+from filtergraft.data import DATASETS
 from filtergraft.distill import DistillationLoss, load_teachers
-from filtergraft.engine import LRSchedule, Trainer, cross_entropy_loss, difflr, every, resolve_device, sgd
+from filtergraft.engine import cross_entropy_loss
 from filtergraft.errors import UserError, exit_on_user_error
 from filtergraft.models import create_model, model_names
-from filtergraft.rng import seed_everything
 from filtergraft.runner import failures_announced, run_network
-from filtergraft.session import Session, network_files
 
 
 def parse_args(argv=None):
@@ -70,39 +68,18 @@ def main(argv=None):
 
 def train(args, teachers):
     """Train student --i of the session; `teachers` are the frozen (model, recorded accuracy) pairs."""
-    settings = cli.graft_settings(args)
-    device = resolve_device(args.device)
-    speed = cli.speed_options(args, device)
-    seed = cli.network_seed(args)
-    if seed is not None:
-        seed_everything(seed)
-    train_set, test_set = cifar_like_datasets(args.dataset, args.data, args.num_classes)
     teacher_record = [{"arch": arch, "checkpoint": os.path.abspath(path)}
                       for arch, path in zip(args.teacher_arch, args.teacher_dir)]
-    config = {"script": "grafting_plus", "model": args.arch, "num": args.num, "num_classes": args.num_classes,
-              "dataset": args.dataset, "level": args.level, "criterion": args.criterion, "source": args.source,
-              "difflr": args.difflr, "cos": args.cos, "teachers": teacher_record,
-              "T": args.T if teachers else None}
-    details = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "a": args.a, "c": args.c}
-    session = Session(args.s, network_files(args.i), config=config, resume=args.resume, details=details)
-    model = create_model(args.arch, args.num_classes).to(device)
-    train_loader, test_loader, generator = make_loaders(
-        train_set, test_set, args.batch_size, args.workers, seed, pin_memory=device.type == "cuda",
-        loader=args.loader, device=device)
-    lr = difflr(args.lr, args.i, args.num) if args.difflr else args.lr
-    schedule = LRSchedule(args.epochs, len(train_loader), cosine=args.cos, milestones=every(args.lr_step, args.epochs))
-    teacher_models = [teacher.to(device) for teacher, _ in teachers]
-    if args.channels_last:
-        for teacher in teacher_models:
-            teacher.to(memory_format=torch.channels_last)
-    loss_fn = DistillationLoss(teacher_models, args.T) if teachers else cross_entropy_loss
-    meta = {"arch": args.arch, "num_classes": args.num_classes}
-    trainer = Trainer(model, sgd(model, lr), train_loader, test_loader, session, device=device,
-                      epochs=args.epochs, schedule=schedule, loss_fn=loss_fn, print_freq=args.print_frequence,
-                      generator=generator, meta=meta, **speed)
-    session.log(f"{args.arch} on {args.dataset} ({args.num_classes} classes), student {args.i}/{args.num}, "
-                f"{sum(p.numel() for p in model.parameters()):,} parameters, lr {lr:g}, device {device}, "
-                f"{describe_loader(train_loader)} data pipeline, torch {torch.__version__}")
+    config = {"script": "grafting_plus", "teachers": teacher_record, "T": args.T if teachers else None}
+
+    def loss_for_device(device):
+        if not teachers:
+            return cross_entropy_loss
+        memory_format = torch.channels_last if args.channels_last else torch.preserve_format
+        return DistillationLoss([t.to(device, memory_format=memory_format) for t, _ in teachers], args.T)
+
+    trainer, settings = cli.cifar_network(args, args.arch, args.num_classes, config, loss_for_device)
+    session = trainer.session
     for record, (_, acc) in zip(teacher_record, teachers):
         recorded = "unknown" if acc is None else f"{acc:.2f}%"
         session.log(f"teacher {record['arch']} from {record['checkpoint']} (recorded test accuracy {recorded}), "
