@@ -1,0 +1,227 @@
+"""ResNet-56 (CIFAR) and ResNet-18 (ImageNet) built from FilterStripe convs, and their pruning (SPEC §5).
+
+Pruning keeps every block's output channels (they feed the residual stream) and removes the inner
+filters: conv1 filters with no stripe left, their bn1 channels and the matching conv2 inputs. A block
+whose conv1 or conv2 lost every stripe computes relu(shortcut(x) + c), c = BN2 applied to zero, and is
+replaced by exactly that.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..stripe import (FilterStripe, StripeConv, fold_batchnorm, prune, require_silent_removal,
+                      stripe_batchnorm, stripe_classifier)
+
+
+class PadShortcut(nn.Module):
+    """Option-A shortcut: x[:, :, ::2, ::2] with `pad` zero channels added on each side."""
+
+    def __init__(self, pad):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x):
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class StripeBasicBlock(nn.Module):
+    """y = relu(bn2(conv2(relu(bn1(conv1 x)))) + downsample(x)) with FilterStripe 3×3 convs.
+
+    Attribute names follow torchvision's BasicBlock, so its ResNet-18 state dicts load (strict=False:
+    only the Filter Skeletons are missing).
+    """
+
+    def __init__(self, in_planes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = FilterStripe(in_planes, planes, 3, stride, 1)
+        self.bn1 = stripe_batchnorm(planes)
+        self.conv2 = FilterStripe(planes, planes, 3, 1, 1)
+        self.bn2 = stripe_batchnorm(planes)
+        self.downsample = downsample if downsample is not None else nn.Identity()
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.downsample(x))
+
+    def stripe_pairs(self):
+        """(FilterStripe, its BatchNorm) pairs of the block."""
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+
+
+class StripeResNet56(nn.Module):
+    """CIFAR ResNet-56: 3×3 stem, 3 stages of 9 blocks (16/32/64 channels), option-A shortcuts."""
+
+    def __init__(self, num_classes=10, blocks_per_stage=9):
+        super().__init__()
+        self.conv1 = FilterStripe(3, 16)
+        self.bn1 = stripe_batchnorm(16)
+        blocks, in_planes = [], 16
+        for stage, planes in enumerate((16, 32, 64)):
+            for i in range(blocks_per_stage):
+                stride = 2 if stage > 0 and i == 0 else 1
+                shortcut = PadShortcut(planes // 4) if stride != 1 or in_planes != planes else None
+                blocks.append(StripeBasicBlock(in_planes, planes, stride, shortcut))
+                in_planes = planes
+        self.layers = nn.Sequential(*blocks)
+        self.linear = stripe_classifier(64, num_classes)
+
+    def forward(self, x):
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+    def stripe_pairs(self):
+        """(FilterStripe, its BatchNorm) of the stem and every block, in forward order."""
+        return [(self.conv1, self.bn1)] + [p for block in self.layers for p in block.stripe_pairs()]
+
+
+class StripeResNet18(nn.Module):
+    """ImageNet ResNet-18 in torchvision's layout; the 3×3 convs are FilterStripe, stem and 1×1 plain."""
+
+    def __init__(self, num_classes=1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        in_planes = 64
+        for stage, planes in enumerate((64, 128, 256, 512), start=1):
+            stride = 1 if stage == 1 else 2
+            downsample = None
+            if stride != 1 or in_planes != planes:
+                downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                                           nn.BatchNorm2d(planes))
+            setattr(self, f"layer{stage}", nn.Sequential(
+                StripeBasicBlock(in_planes, planes, stride, downsample),
+                StripeBasicBlock(planes, planes)))
+            in_planes = planes
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = stripe_classifier(512, num_classes)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        for seq in (self.layer2, self.layer3, self.layer4):
+            nn.init.kaiming_normal_(seq[0].downsample[0].weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        out = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            out = stage(out)
+        return self.fc(torch.flatten(self.avgpool(out), 1))
+
+    def stripe_pairs(self):
+        """(FilterStripe, its BatchNorm) of every block, in forward order."""
+        return [p for m in self.modules() if isinstance(m, StripeBasicBlock) for p in m.stripe_pairs()]
+
+
+# ----------------------------------------------------------------------------- pruned networks
+
+
+class PrunedBlock(nn.Module):
+    """y = relu(conv2(relu(conv1 x)) + shortcut(x)); BNs folded, ReLUs and the sum fused into the convs."""
+
+    def __init__(self, conv1, conv2, shortcut):
+        super().__init__()
+        self.conv1, self.conv2, self.shortcut = conv1, conv2, shortcut
+
+    def forward(self, x):
+        return self.conv2(self.conv1(x), residual=self.shortcut(x))
+
+
+class ShortcutBlock(nn.Module):
+    """A block whose residual branch is a constant: y = relu(shortcut(x) + c[:, None, None])."""
+
+    def __init__(self, shortcut, const):
+        super().__init__()
+        self.shortcut = shortcut
+        self.const = nn.Parameter(const.detach().clone())
+
+    def forward(self, x):
+        return F.relu(self.shortcut(x) + self.const[:, None, None])
+
+
+class PrunedResNet(nn.Module):
+    """stem → blocks → global average pool → fc."""
+
+    def __init__(self, stem, blocks, fc):
+        super().__init__()
+        self.stem, self.layers, self.fc = stem, nn.Sequential(*blocks), fc
+
+    def forward(self, x):
+        # A mean over H, W reads any memory layout in place, unlike adaptive_avg_pool2d.
+        return self.fc(self.layers(self.stem(x)).mean(dim=(2, 3)))
+
+
+def _folded_conv(conv, bn):
+    """A plain Conv2d with `bn` folded in as its bias."""
+    weight, bias = fold_batchnorm(conv.weight.detach(), bn)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                       conv.padding, bias=True).to(weight.device)
+    with torch.no_grad():
+        folded.weight.copy_(weight)
+        folded.bias.copy_(bias)
+    return folded
+
+
+def _stripe_conv(conv, bn):
+    """relu(bn(conv x)) as one StripeConv, all filters kept."""
+    weight, bias = fold_batchnorm(conv.masked_weight(), bn)
+    return StripeConv(weight, conv.stripe_mask(), bias, conv.stride, conv.padding, relu=True)
+
+
+def _pruned_shortcut(shortcut):
+    """The shortcut of a pruned block: identity, option A, or a 1×1 conv with its BN folded."""
+    if isinstance(shortcut, nn.Sequential):
+        return _folded_conv(shortcut[0], shortcut[1])
+    return PadShortcut(shortcut.pad) if isinstance(shortcut, PadShortcut) else nn.Identity()
+
+
+def _prune_block(block, name):
+    """Pruned form of one block: PrunedBlock, or its shortcut when a conv lost every stripe."""
+    keep1, keep2 = block.conv1.stripe_mask(), block.conv2.stripe_mask()
+    weight1, bias1 = fold_batchnorm(block.conv1.masked_weight(), block.bn1)
+    weight2, bias2 = fold_batchnorm(block.conv2.masked_weight(), block.bn2)
+    alive = keep1.flatten(1).any(1)
+    shortcut = _pruned_shortcut(block.downsample)
+    if not keep2.any():
+        return _shortcut_block(shortcut, bias2)
+    require_silent_removal(bias1, alive, f"{name}.conv1")
+    if not alive.any():
+        return _shortcut_block(shortcut, bias2)
+    conv1 = StripeConv(weight1[alive], keep1[alive], bias1[alive], block.conv1.stride,
+                       block.conv1.padding, relu=True)
+    conv2 = StripeConv(weight2[:, alive], keep2, bias2, block.conv2.stride, block.conv2.padding, relu=True)
+    return PrunedBlock(conv1, conv2, shortcut)
+
+
+def _shortcut_block(shortcut, const):
+    """relu(shortcut(x) + c); just the shortcut when c = 0 and relu cannot change its output.
+
+    Block inputs are ReLU outputs in both ResNets, so a parameter-free shortcut passes values ≥ 0.
+    """
+    if isinstance(shortcut, (nn.Identity, PadShortcut)) and not const.any():
+        return shortcut
+    return ShortcutBlock(shortcut, const)
+
+
+def _pruned_blocks(model):
+    """The pruned form of every StripeBasicBlock of `model`, in forward order."""
+    return [_prune_block(m, name) for name, m in model.named_modules() if isinstance(m, StripeBasicBlock)]
+
+
+@prune.register
+def _prune_resnet56(model: StripeResNet56) -> nn.Module:
+    """Stem kept whole (it feeds the residual stream), blocks pruned, classifier unchanged."""
+    stem = _stripe_conv(model.conv1, model.bn1)
+    blocks = _pruned_blocks(model)
+    fc = nn.Linear(model.linear.in_features, model.linear.out_features)
+    fc.load_state_dict(model.linear.state_dict())
+    return PrunedResNet(stem, blocks, fc.to(model.linear.weight.device)).eval()
+
+
+@prune.register
+def _prune_resnet18(model: StripeResNet18) -> nn.Module:
+    """Plain 7×7 stem with its BN folded, blocks pruned, classifier unchanged."""
+    stem = nn.Sequential(_folded_conv(model.conv1, model.bn1), nn.ReLU(),
+                         nn.MaxPool2d(model.maxpool.kernel_size, model.maxpool.stride, model.maxpool.padding))
+    blocks = _pruned_blocks(model)
+    fc = nn.Linear(model.fc.in_features, model.fc.out_features)
+    fc.load_state_dict(model.fc.state_dict())
+    return PrunedResNet(stem, blocks, fc.to(model.fc.weight.device)).eval()
