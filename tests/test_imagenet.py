@@ -146,7 +146,7 @@ def test_resume_from_a_path_continues_in_a_new_session(ring, folder, tmp_path):
     assert line["epoch"] == 2 and line["lr"] == pytest.approx(0.01) and "graft" not in line
     assert line["best_acc"] >= before["best_acc"]  # the best accuracy came along with the weights
     assert_top5_at_least_top1([line])
-    assert f"continuing from {session / 'last_1.t7'}" in (out / "1.log").read_text()
+    assert f"resumed from {session / 'last_1.t7'}" in (out / "1.log").read_text()
     assert metrics(session, 1) == [before]
 
 

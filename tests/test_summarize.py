@@ -1,4 +1,4 @@
-"""scripts/summarize.py and filtergraft.report/plots on real tiny sessions (digits, ResNet20, 2 epochs): the
+"""scripts/summarize.py and filtergraft.report/plots on real tiny sessions (fake data, ResNet20, 2 epochs): the
 table's numbers against the metrics files, the paper's numbers only for matching configurations, the plots,
 and broken or foreign directories reported instead of fatal."""
 import csv
@@ -16,7 +16,7 @@ from filtergraft.report import comparable_baselines, csv_rows, find_sessions, ma
 from helpers import REPO, one_error_line, run_script, script_env, start_script
 
 SUMMARIZE = "scripts/summarize.py"
-FLAGS = ["--dataset", "digits", "--model", "resnet20", "--epochs", 2, "--workers", 0, "--seed", 0]
+FLAGS = ["--dataset", "fake", "--model", "resnet20", "--epochs", 2, "--workers", 0, "--seed", 0]
 
 
 @pytest.fixture(scope="module")
