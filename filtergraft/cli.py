@@ -102,7 +102,8 @@ def add_speed_flags(parser):
                         "dataset on the device with batched augmentation (tensor); auto: tensor for in-memory data")
     g.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only; off keeps fp32 as the papers)")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the model (backend: inductor when not named; e.g. aot_eager, cudagraphs)")
     return g
 
 
@@ -110,6 +111,10 @@ def speed_options(args, device):
     """Trainer keyword arguments for the speed flags, checked against the device."""
     if args.amp and device.type != "cuda":
         raise UserError("--amp (bfloat16 autocast) needs a CUDA device; drop --amp on the CPU")
+    if args.compile is not None:
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if args.compile not in backends:
+            raise UserError(f"--compile {args.compile}: unknown backend; choose one of: {', '.join(backends)}")
     return {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile}
 
 

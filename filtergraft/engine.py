@@ -100,13 +100,13 @@ class Trainer:
 
     def __init__(self, model, optimizer, train_loader, test_loader, session, *, device, epochs,
                  schedule, loss_fn=cross_entropy_loss, print_freq=50, topk=(1,), after_backward=None,
-                 check_abort=None, generator=None, meta=None, amp=False, channels_last=False, compile=False):
+                 check_abort=None, generator=None, meta=None, amp=False, channels_last=False, compile=None):
         self.model = model
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             model.to(memory_format=torch.channels_last)
         # The compiled module shares its parameters with `model`, whose state dict keeps the plain names.
-        self.forward = torch.compile(model) if compile else model
+        self.forward = torch.compile(model, backend=compile) if compile else model
         self.amp = amp
         self.optimizer = optimizer
         self.schedule = schedule

@@ -67,7 +67,8 @@ def test_every_sample_once_per_epoch_and_orders_differ_between_networks():
 
 
 @pytest.mark.parametrize("flags", [("--loader", "tensor"), ("--loader", "torch", "--workers", "2"),
-                                   ("--channels-last",), ("--compile",)], ids=lambda f: "".join(f))
+                                   ("--channels-last",), ("--compile", "aot_eager")],
+                         ids=lambda f: "".join(f))
 def test_each_speed_flag_trains_one_epoch_on_digits(tmp_path, flags):
     result = run_script("grafting_cifar/grafting.py", "--dataset", "digits", "--model", "resnet20", "--epochs", 1,
                         "--batch-size", 256, "--workers", 0, "--s", tmp_path, *flags, timeout=600)
