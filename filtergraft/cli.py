@@ -6,13 +6,27 @@ import os
 import torch
 
 from .dist_exchange import torchrun_rank
-from .data import LOADERS, cifar_like_datasets, describe_loader, make_loaders
+from .data import DATASETS, LOADERS, cifar_like_datasets, describe_loader, make_loaders
 from .engine import LRSchedule, Trainer, cross_entropy_loss, difflr, every, resolve_device, sgd
 from .errors import UserError
 from .models import create_model
 from .rng import seed_everything
 from .session import Session, network_files
 from .runner import EXCHANGES, LEVELS, SOURCES, GraftSettings
+
+
+def add_cifar_training_flags(parser):
+    """The training flags of the CIFAR-style scripts (grafting_cifar, grafting_plus)."""
+    parser.add_argument("--lr", type=positive(float), default=0.1, help="initial learning rate")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--batch-size", type=positive(int), default=128)
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+    parser.add_argument("--data", default="../data", help="CIFAR root directory")
+    parser.add_argument("--dataset", choices=DATASETS, default="cifar",
+                        help="cifar, digits (scikit-learn's, offline) or fake (tests)")
+    parser.add_argument("--workers", "-j", type=int, default=2, help="data loading processes")
+    parser.add_argument("--print_frequence", type=positive(int), default=50, help="batches between log lines")
+    parser.add_argument("--lr-step", type=positive(int), default=60, help="step schedule: ×0.1 every N epochs")
 
 
 def add_grafting_flags(parser, resume_flag=True):
@@ -123,6 +137,8 @@ def cifar_network(args, arch, num_classes, config, loss_for_device=None):
     (recording `config` beside the grafting settings), model, loaders, learning rate and schedule.
     `loss_for_device(device)` gives the training objective (plain cross entropy by default).
     Returns (trainer, graft settings)."""
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, not {args.epochs}")
     settings = graft_settings(args)
     device = resolve_device(args.device)
     speed = speed_options(args, device)

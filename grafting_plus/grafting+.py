@@ -13,7 +13,6 @@ import os
 import torch
 
 from filtergraft import cli
-from filtergraft.data import DATASETS
 from filtergraft.distill import DistillationLoss, load_teachers
 from filtergraft.engine import cross_entropy_loss
 from filtergraft.errors import UserError, exit_on_user_error
@@ -30,24 +29,13 @@ def parse_args(argv=None):
     parser.add_argument("--teacher_dir", nargs="+", default=[], metavar="CHECKPOINT",
                         help="checkpoint of each teacher, in the order of --teacher_arch (e.g. a best_1.t7)")
     parser.add_argument("--T", type=cli.positive(float), default=2.0, help="distillation temperature")
-    parser.add_argument("--lr", type=cli.positive(float), default=0.1, help="initial learning rate")
-    parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--batch-size", type=cli.positive(int), default=128)
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
-    parser.add_argument("--data", default="../data", help="CIFAR root directory")
-    parser.add_argument("--dataset", choices=DATASETS, default="cifar",
-                        help="cifar, digits (scikit-learn's, offline) or fake (tests)")
-    parser.add_argument("--workers", "-j", type=int, default=2, help="data loading processes")
-    parser.add_argument("--print_frequence", type=cli.positive(int), default=50, help="batches between log lines")
-    parser.add_argument("--lr-step", type=cli.positive(int), default=60, help="step schedule: ×0.1 every N epochs")
+    cli.add_cifar_training_flags(parser)
     cli.add_grafting_flags(parser)
     cli.add_speed_flags(parser)
     return parser.parse_args(argv)
 
 
 def check_args(args):
-    if args.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, not {args.epochs}")
     if args.num_classes not in (10, 100):
         raise UserError(f"--num_classes must be 10 or 100, not {args.num_classes}")
     if args.dataset == "digits" and args.num_classes != 10:
