@@ -33,7 +33,7 @@ STRIPE_MIN_CHANNELS = 32
 
 # Eager stripe-mode forwards process the batch in chunks whose per-chunk working set (inputs, stripe
 # outputs, outputs) stays about this size, so the stripe outputs are re-read from cache, not memory.
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 8 << 20
 
 
 # ----------------------------------------------------------------------------- training-time layers

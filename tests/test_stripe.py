@@ -1,4 +1,5 @@
 """Stripe-wise pruning: skeleton update, exact pruning, counting, export (SPEC §5)."""
+import os
 import subprocess
 import sys
 
@@ -14,6 +15,15 @@ from filtergraft.models.stripe_vgg import StripeVGG
 from filtergraft.stripe import (FilterStripe, StripeConv, choose_modes, count_flops, count_params,
                                 export_pruned, forced_mode, prune, stripe_batchnorm, stripe_convs,
                                 stripe_flops, stripe_summary, threshold_skeleton, update_skeleton)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP barriers stall behind other processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class TinyStripeNet(nn.Module):
@@ -266,7 +276,8 @@ def test_export_round_trip_without_filtergraft(tmp_path):
         "    assert err <= 1e-5 * d['ref'].abs().max().item(), (b, err)\n"
         "assert 'filtergraft' not in sys.modules\n"
         "print('ok')\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok"
 
