@@ -110,7 +110,7 @@ def in_memory_images(dataset):
         plain = datasets.FakeData(len(dataset), dataset.image_size, dataset.num_classes,
                                   random_offset=dataset.random_offset)
         pairs = [plain[i] for i in range(len(plain))]
-        images = torch.stack([torch.as_tensor(np.asarray(image)) for image, _ in pairs])
+        images = torch.stack([torch.from_numpy(np.array(image)) for image, _ in pairs])
         return images.permute(0, 3, 1, 2).contiguous(), torch.tensor([int(t) for _, t in pairs])
     return None
 

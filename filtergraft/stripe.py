@@ -268,7 +268,7 @@ class StripeConv(nn.Module):
         return out.view(self.out_channels, batch, ho, wo).transpose(0, 1)
 
     def _chunks(self, batch, plane, chans, device):
-        """Batch ranges for an eager CPU forward; one range on accelerators and when exporting (symbolic batch)."""
+        """Batch ranges for an eager CPU forward; one range on accelerators and when exporting."""
         if torch.compiler.is_exporting() or device.type != "cpu":
             return [(0, batch)]
         per_image = (chans + self.num_stripes + self.out_channels) * plane * self.weight.element_size()
@@ -276,7 +276,7 @@ class StripeConv(nn.Module):
         return [(b0, min(batch, b0 + step)) for b0 in range(0, batch, step)]
 
     def _stripe_chunk(self, x_cm, r_cm, ho, wo):
-        """N×(B·Ho·Wo) output of a chunk given channel-major input x_cm (C, B, H, W), residual (N, B, Ho, Wo).
+        """N×(B·Ho·Wo) output of a chunk from channel-major input x_cm (C, B, H, W), residual (N, B, Ho, Wo).
 
         The output lives in a buffer with `margin` spare elements on each side, so adding stripe
         outputs shifted by `off` flattened pixels is an index_add into a contiguous view starting
@@ -298,7 +298,8 @@ class StripeConv(nn.Module):
             for g in ph.groups:
                 begin = margin - (g.di * wo + g.dj)
                 shifted = buf[begin:begin + size].view(self.out_channels, columns)
-                shifted.index_add_(0, self.filter_index[g.start:g.end], z[g.start - ph.start:g.end - ph.start])
+                rows = slice(g.start - ph.start, g.end - ph.start)
+                shifted.index_add_(0, self.filter_index[g.start:g.end], z[rows])
         out = buf[margin:margin + size].view(self.out_channels, columns)
         return out.relu_() if self.relu else out
 
@@ -367,7 +368,7 @@ def _zero_wrapped(z, fills):
 
 
 def default_mode(conv):
-    """Cost-model mode: stripe when ≤ STRIPE_MAX_DENSITY of the kernel is kept and C ≥ STRIPE_MIN_CHANNELS."""
+    """Cost model: stripe when at most STRIPE_MAX_DENSITY of the kernel is kept and C ≥ STRIPE_MIN_CHANNELS."""
     density = conv.num_stripes / max(1, conv.out_channels * conv.kernel_size ** 2)
     wide = conv.in_channels >= STRIPE_MIN_CHANNELS
     return "stripe" if density <= STRIPE_MAX_DENSITY and wide else "dense"

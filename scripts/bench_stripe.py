@@ -70,7 +70,7 @@ def removable(model):
 
 
 def apply_skeleton(model, strength, gen):
-    """Skeleton of strength t: at depth u, drop min(.95, .9tu) of filters, keep max(.05, 1 − t(.5 + .45u)) of stripes.
+    """Skeleton of strength t: at depth u drop min(.95, .9tu) of filters, keep max(.05, 1 − t(.5+.45u)) of stripes.
 
     The first conv (3 input channels) stays whole, as in trained networks.
     """

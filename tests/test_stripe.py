@@ -53,7 +53,8 @@ def _randomise(model, density, seed):
                 m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
         for conv, _ in model.stripe_pairs():
             fs = conv.FS
-            fs.copy_((torch.rand(fs.shape, generator=gen) + 0.5) * (torch.rand(fs.shape, generator=gen) < density))
+            kept = torch.rand(fs.shape, generator=gen) < density
+            fs.copy_((torch.rand(fs.shape, generator=gen) + 0.5) * kept)
 
 
 def _assert_same(pruned, masked, x):
