@@ -113,7 +113,6 @@ def run_network(trainer, settings, resume=False, arch=None):
                                     device=trainer.device, log=session.log)
         trainer.check_abort = exchange.check
         exchange.start()
-    if settings.uses_ring:
         session.log(f"network {settings.index}/{settings.num} grafts from network {exchange.peer} "
                     f"({settings.level} level, {settings.criterion}, A={settings.a}, c={settings.c})")
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
