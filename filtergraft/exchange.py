@@ -17,7 +17,9 @@ import torch
 from .checkpoint import atomic_save, check_compatible
 from .errors import UserError
 
-POLL_SECONDS = 0.05
+# A wait polls quickly at first, for a peer that is about to publish, then backs off to spare the
+# filesystem (often a network one) while a slow peer finishes its epoch.
+POLL_SECONDS = (0.002, 0.05)
 
 
 class ExchangeError(UserError):
@@ -149,12 +151,14 @@ class RingExchange:
 
     def _wait_for(self, ready, what):
         deadline = time.monotonic() + self.timeout
+        delay, longest = POLL_SECONDS
         while not ready():
             self.check()
             if time.monotonic() > deadline:
                 raise ExchangeError(f"network {self.index} waited {self.timeout:.0f}s (--graft-timeout) "
                                     f"for {what}; giving up")
-            time.sleep(POLL_SECONDS)
+            time.sleep(delay)
+            delay = min(2 * delay, longest)
 
     def publish(self, epoch, state_dict):
         """Write this network's pre-graft weights of `epoch`, once its successor has consumed all but the

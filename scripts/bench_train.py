@@ -1,9 +1,10 @@
-"""Training throughput: images/second of the training step with a ready batch (model compute alone), with
-torchvision's per-image pipeline in DataLoader workers, and with the tensor pipeline; and of the data
-pipelines alone. Prints a Markdown table with the best and median over repeats.
+"""Training throughput: images/second of the training step with a ready batch (model compute alone, also
+with --channels-last, --compile and --amp), with torchvision's per-image pipeline in DataLoader workers,
+and with the tensor pipeline; and of the data pipelines alone, also per CPU core. Prints a Markdown
+table with the best and median over repeats.
 
-    python scripts/bench_train.py                       # every model, the defaults of this device
-    python scripts/bench_train.py --models resnet56 --steps 5 --repeats 3
+    python scripts/bench_train.py                       # every model and variant, this device's defaults
+    python scripts/bench_train.py --models resnet56 --variants --steps 5 --repeats 3
 """
 import argparse
 import statistics
@@ -21,6 +22,7 @@ from filtergraft.models import create_model
 
 MODELS = ("resnet32", "resnet56", "resnet110", "mobilenetv2", "resnet18")
 IMAGENET_MODELS = {"resnet18"}
+VARIANTS = ("channels-last", "compile", "amp")
 
 
 def parse_args(argv=None):
@@ -33,6 +35,9 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the torchvision pipeline")
     parser.add_argument("--images", type=int, default=5000, help="in-memory 32x32 images to draw batches from")
+    parser.add_argument("--variants", nargs="*", default=None, choices=VARIANTS,
+                        help="speed flags to time model compute with (default: all this device supports)")
+    parser.add_argument("--compile-backend", default="inductor")
     return parser.parse_args(argv)
 
 
@@ -50,20 +55,34 @@ def timed(run, device):
     return time.perf_counter() - start
 
 
-def rates(run, images, device, repeats):
-    """(best, median) images/second of `repeats` calls of run(), after one warm-up call."""
-    run()
-    per_second = [images / timed(run, device) for _ in range(repeats)]
-    return max(per_second), statistics.median(per_second)
+def rates(runs, device, repeats, pause=0.5):
+    """{name: (best, median) images/second} of `repeats` calls of each run, after one warm-up call each.
+    `runs` maps a name to (run, images per call). The repeats take turns so that slow drifts of the
+    machine spread over all runs; the pause between calls lets DataLoader workers finish the batches they
+    prefetch past the end of a run outside of the next run's time."""
+    for run, _ in runs.values():
+        run()
+    per_second = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, (run, images) in runs.items():
+            time.sleep(pause)
+            per_second[name].append(images / timed(run, device))
+    return {name: (max(values), statistics.median(values)) for name, values in per_second.items()}
 
 
-def training_step(model, optimizer, device):
+def training_step(model, device, variant=None, compile_backend="inductor"):
+    """One SGD step on a batch, with a speed flag applied as the Trainer applies it."""
+    memory_format = torch.channels_last if variant == "channels-last" else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    forward = torch.compile(model, backend=compile_backend) if variant == "compile" else model
+    optimizer = sgd(model, 0.01)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step(inputs, targets):
-        inputs = inputs.to(device, non_blocking=True)
+        inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
-        loss = loss_fn(model(inputs), targets)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=variant == "amp"):
+            loss = loss_fn(forward(inputs), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -102,25 +121,62 @@ def pipelines(name, args, device, batch_size):
             "tensor": TensorLoader(dataset, batch_size, device, train=True, generator=torch.Generator())}
 
 
+def pipeline_cores(pipeline, args, device):
+    """CPU cores a pipeline keeps busy: its DataLoader workers, or the threads doing tensor work
+    (on a GPU, the one thread that launches the kernels)."""
+    if pipeline == "torchvision":
+        return max(args.workers, 1)
+    return torch.get_num_threads() if device.type == "cpu" else 1
+
+
 def bench_model(name, args, device):
-    """Table rows (what, best, median) for one model."""
+    """Table rows (model, what, best, median, remark) for one model."""
     imagenet = name in IMAGENET_MODELS
     batch_size = args.imagenet_batch_size if imagenet else args.batch_size
     size = 224 if imagenet else 32
-    model = (torchvision.models.resnet18(num_classes=1000) if imagenet else create_model(name, 10)).to(device)
-    step = training_step(model, sgd(model, 0.01), device)
-    steps = args.steps
-    images = steps * batch_size
-    ready = (torch.randn(batch_size, 3, size, size, device=device), torch.randint(0, 10, (batch_size,), device=device))
-    rows = [(f"{name} ({size}x{size}, batch {batch_size})", "model compute alone",
-             *rates(lambda: [step(*ready) for _ in range(steps)], images, device, args.repeats))]
-    for pipeline, loader in pipelines(name, args, device, batch_size).items():
-        rows.append(("", f"train step, {pipeline} pipeline",
-                     *rates(lambda: [step(*b) for b in batches(loader, steps)], images, device, args.repeats)))
-        loader_steps = 4 * steps
-        rows.append(("", f"{pipeline} pipeline alone",
-                     *rates(lambda: [b[0].to(device) for b in batches(loader, loader_steps)],
-                            loader_steps * batch_size, device, args.repeats)))
+
+    def new_model():
+        return (torchvision.models.resnet18(num_classes=1000) if imagenet else create_model(name, 10)).to(device)
+
+    def steps_on(step, source):
+        return lambda: [step(*batch) for batch in source()], args.steps * batch_size
+
+    loaders = pipelines(name, args, device, batch_size)
+    # A batch of the data itself rather than randn: a CPU step's speed depends on the values it meets
+    # (denormals), so compute alone must see the same kind of values as the pipelines' steps.
+    ready = tuple(t.to(device) for t in next(iter(loaders["torchvision"])))
+    step = training_step(new_model(), device)
+    steps = {"model compute alone": steps_on(step, lambda: [ready] * args.steps)}
+    for variant in args.variants:
+        flag = f"--{variant}" + (f" {args.compile_backend}" if variant == "compile" else "")
+        faster = training_step(new_model(), device, variant, args.compile_backend)
+        steps[f"model compute alone, {flag}"] = steps_on(faster, lambda: [ready] * args.steps)
+    for pipeline, loader in loaders.items():
+        steps[f"train step, {pipeline} pipeline"] = steps_on(step, lambda loader=loader: batches(loader, args.steps))
+    # Each pipeline alone runs for about as long as a training step run, for a steady timing.
+    loader_steps = {"torchvision": 4 * args.steps, "tensor": 40 * args.steps}
+    alone = {pipeline: (lambda loader=loader, n=loader_steps[pipeline]: [b[0].to(device) for b in batches(loader, n)],
+                        loader_steps[pipeline] * batch_size) for pipeline, loader in loaders.items()}
+    measured = rates(steps, device, args.repeats)
+    compute = measured["model compute alone"][1]
+    rows = []
+    for what, (best, median) in measured.items():
+        if what == "model compute alone":
+            remark = ""
+        elif what.startswith("model compute"):
+            remark = f"×{median / compute:.2f} of fp32 compute"
+        else:
+            remark = f"{100 * (median / compute - 1):+.1f} % against compute alone"
+        rows.append(("", what, best, median, remark))
+    per_core = {}
+    for pipeline, (best, median) in rates(alone, device, args.repeats).items():
+        cores = pipeline_cores(pipeline, args, device)
+        per_core[pipeline] = median / cores
+        remark = f"{per_core[pipeline]:,.0f} per CPU core ({cores} cores)"
+        if pipeline == "tensor":
+            remark += f", ×{per_core['tensor'] / per_core['torchvision']:.1f} torchvision per core"
+        rows.append(("", f"{pipeline} pipeline alone", best, median, remark))
+    rows[0] = (f"{name} ({size}x{size}, batch {batch_size})",) + rows[0][1:]
     return rows
 
 
@@ -130,14 +186,18 @@ def main(argv=None):
     cpu = device.type == "cpu"
     args.steps = args.steps or (4 if cpu else 50)
     args.imagenet_batch_size = args.imagenet_batch_size or (16 if cpu else 64)
+    if args.variants is None:
+        args.variants = [v for v in VARIANTS if v != "amp" or not cpu]
+    elif "amp" in args.variants and cpu:
+        raise SystemExit("bench_train.py: error: --variants amp needs a CUDA device (bfloat16 autocast); leave amp out on the CPU")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {where}; torch {torch.__version__}; {args.steps} steps x {args.repeats} repeats; "
           f"torchvision pipeline with {args.workers} workers\n")
-    print("| model | what | images/s (best) | images/s (median) |")
-    print("|---|---|---|---|")
+    print("| model | what | images/s (best) | images/s (median) | |")
+    print("|---|---|---|---|---|")
     for name in args.models:
-        for model, what, best, median in bench_model(name, args, device):
-            print(f"| {model} | {what} | {best:,.0f} | {median:,.0f} |", flush=True)
+        for model, what, best, median, remark in bench_model(name, args, device):
+            print(f"| {model} | {what} | {best:,.0f} | {median:,.0f} | {remark} |", flush=True)
 
 
 if __name__ == "__main__":
