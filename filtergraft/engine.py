@@ -215,7 +215,7 @@ class Trainer:
         if self.start_epoch == 1:
             self.session.sync_metrics(0)
         for epoch in range(self.start_epoch, self.epochs + 1):
-            start = time.time()
+            start = time.perf_counter()
             lr = self.lr
             record = {"epoch": epoch, "lr": lr}
             record.update(self.train_epoch(epoch))
@@ -225,7 +225,7 @@ class Trainer:
             is_best = record["test_acc"] > self.best_acc
             self.best_acc = max(self.best_acc, record["test_acc"])
             record["best_acc"] = self.best_acc
-            record["epoch_time"] = time.time() - start
+            record["epoch_time"] = time.perf_counter() - start
             if is_best:
                 self.session.save_best({"net": self.model.state_dict(), "acc": record["test_acc"],
                                         "epoch": epoch, **self.meta})

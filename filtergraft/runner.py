@@ -49,7 +49,7 @@ class GraftHook:
         self.grafter = Grafter(model, settings.a, settings.c, settings.criterion, settings.level)
 
     def __call__(self, epoch):
-        start = time.time()
+        start = time.perf_counter()
         s = self.settings
         if s.source == "noise":
             entry = {"source": "noise", "layers": graft_noise(self.model, s.noise_decay ** epoch, s.invalid_threshold)}
@@ -58,12 +58,12 @@ class GraftHook:
         else:
             own = self.model.state_dict()
             self.exchange.publish(epoch, own)
-            waited = time.time()
+            receiving = time.perf_counter()
             peer = self.exchange.receive(epoch, own)
-            waited = time.time() - waited
+            waited = time.perf_counter() - receiving
             entry = {"peer": self.exchange.peer, "level": s.level, "layers": self.grafter.graft(peer)}
             entry["wait_time"] = waited
-        entry["time"] = time.time() - start
+        entry["time"] = time.perf_counter() - start
         return {"graft": entry}
 
 

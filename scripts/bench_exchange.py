@@ -10,7 +10,6 @@ import statistics
 import tempfile
 import time
 
-import torch
 import torch.distributed as dist
 import torchvision
 
