@@ -130,7 +130,7 @@ def pipeline_cores(pipeline, args, device):
 
 
 def bench_model(name, args, device):
-    """Table rows (model, what, best, median, remark) for one model."""
+    """(model label, table rows (what, best, median, remark)) for one model."""
     imagenet = name in IMAGENET_MODELS
     batch_size = args.imagenet_batch_size if imagenet else args.batch_size
     size = 224 if imagenet else 32
@@ -167,7 +167,7 @@ def bench_model(name, args, device):
             remark = f"×{median / compute:.2f} of fp32 compute"
         else:
             remark = f"{100 * (median / compute - 1):+.1f} % against compute alone"
-        rows.append(("", what, best, median, remark))
+        rows.append((what, best, median, remark))
     per_core = {}
     for pipeline, (best, median) in rates(alone, device, args.repeats).items():
         cores = pipeline_cores(pipeline, args, device)
@@ -175,9 +175,8 @@ def bench_model(name, args, device):
         remark = f"{per_core[pipeline]:,.0f} per CPU core ({cores} cores)"
         if pipeline == "tensor":
             remark += f", ×{per_core['tensor'] / per_core['torchvision']:.1f} torchvision per core"
-        rows.append(("", f"{pipeline} pipeline alone", best, median, remark))
-    rows[0] = (f"{name} ({size}x{size}, batch {batch_size})",) + rows[0][1:]
-    return rows
+        rows.append((f"{pipeline} pipeline alone", best, median, remark))
+    return f"{name} ({size}x{size}, batch {batch_size})", rows
 
 
 def main(argv=None):
@@ -196,8 +195,9 @@ def main(argv=None):
     print("| model | what | images/s (best) | images/s (median) | |")
     print("|---|---|---|---|---|")
     for name in args.models:
-        for model, what, best, median, remark in bench_model(name, args, device):
-            print(f"| {model} | {what} | {best:,.0f} | {median:,.0f} | {remark} |", flush=True)
+        label, rows = bench_model(name, args, device)
+        for row, (what, best, median, remark) in enumerate(rows):
+            print(f"| {label if row == 0 else ''} | {what} | {best:,.0f} | {median:,.0f} | {remark} |", flush=True)
 
 
 if __name__ == "__main__":
