@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError
-from .exchange import ExchangeError, _pid_alive
+from .exchange import ExchangeError, RingMember, _pid_alive
 
 POLL_SECONDS = 0.005
 HEARTBEAT_SECONDS = 0.5
@@ -112,22 +112,11 @@ def refusal(theirs, mine, peer, index):
     return None
 
 
-class DistRingExchange:
-    """Network `index` of `num` (1-based, = RANK + 1 of WORLD_SIZE) in the ring where network i receives
-    from i − 1 and 1 from N, over torch.distributed."""
+class DistRingExchange(RingMember):
+    """The ring over torch.distributed; network `index` is RANK + 1 of WORLD_SIZE."""
 
-    def __init__(self, index, num, arch=None, timeout=7200.0, heartbeat_timeout=30.0, startup_timeout=600.0,
-                 device="cpu", log=print):
-        self.index = index
-        self.num = num
-        self.arch = arch
-        self.timeout = timeout
-        self.heartbeat_timeout = heartbeat_timeout
-        self.startup_timeout = startup_timeout
-        self.device = torch.device(device)
-        self.log = log
-        self.peer = num if index == 1 else index - 1
-        self.successor = index % num + 1
+    def __init__(self, index, num, **settings):
+        super().__init__(index, num, **settings)
         self.host = socket.gethostname()
         self._failure = None
         self._stop = threading.Event()

@@ -64,21 +64,30 @@ class PeerWatch:
         self.last_change = time.monotonic()
 
 
-class RingExchange:
-    """Network `index` of `num` (1-based) in a ring where network i receives from i − 1 and 1 from N."""
+class RingMember:
+    """Network `index` of `num` (1-based) in a ring where network i receives from its peer i − 1 (network 1
+    from N) and sends to its successor i + 1 (network N to 1); the settings every exchange backend shares."""
 
-    def __init__(self, directory, index, num, arch=None, timeout=7200.0, heartbeat_timeout=30.0,
-                 startup_timeout=600.0, device="cpu", log=print):
-        self.dir = Path(directory)
+    def __init__(self, index, num, arch=None, timeout=7200.0, heartbeat_timeout=30.0, startup_timeout=600.0,
+                 device="cpu", log=print):
         self.index = index
         self.num = num
         self.arch = arch
         self.timeout = timeout
         self.heartbeat_timeout = heartbeat_timeout
         self.startup_timeout = startup_timeout
-        self.device = device
+        self.device = torch.device(device)
         self.log = log
         self.peer = num if index == 1 else index - 1
+        self.successor = index % num + 1
+
+
+class RingExchange(RingMember):
+    """The ring over files in a shared directory."""
+
+    def __init__(self, directory, index, num, **settings):
+        super().__init__(index, num, **settings)
+        self.dir = Path(directory)
         self.host = socket.gethostname()
         self.started = time.time()
         self._start_clock = time.monotonic()
@@ -164,8 +173,7 @@ class RingExchange:
         """Write this network's pre-graft weights of `epoch`, once its successor has consumed all but the
         previous epoch's file (so at most two files per network exist)."""
         older = self.weights_path(self.index, epoch - 2)
-        successor = self.index % self.num + 1
-        self._wait_for(lambda: not older.exists(), f"network {successor} to read epoch {epoch - 2}")
+        self._wait_for(lambda: not older.exists(), f"network {self.successor} to read epoch {epoch - 2}")
         atomic_save({"net": state_dict, "epoch": epoch, "arch": self.arch}, self.weights_path(self.index, epoch))
 
     def receive(self, epoch, reference):

@@ -103,14 +103,12 @@ def run_network(trainer, settings, resume=False, arch=None):
     grafting = settings.uses_ring or settings.source != "external"
     exchange = None
     if settings.uses_ring:
+        ring = dict(arch=arch, timeout=settings.timeout, heartbeat_timeout=settings.heartbeat_timeout,
+                    device=trainer.device, log=session.log)
         if settings.exchange == "dist":
-            exchange = DistRingExchange(settings.index, settings.num, arch=arch, timeout=settings.timeout,
-                                        heartbeat_timeout=settings.heartbeat_timeout, device=trainer.device,
-                                        log=session.log)
+            exchange = DistRingExchange(settings.index, settings.num, **ring)
         else:
-            exchange = RingExchange(session.root / "exchange", settings.index, settings.num, arch=arch,
-                                    timeout=settings.timeout, heartbeat_timeout=settings.heartbeat_timeout,
-                                    device=trainer.device, log=session.log)
+            exchange = RingExchange(session.root / "exchange", settings.index, settings.num, **ring)
         trainer.check_abort = exchange.check
         exchange.start()
         session.log(f"network {settings.index}/{settings.num} grafts from network {exchange.peer} "
