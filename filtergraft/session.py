@@ -1,4 +1,15 @@
-"""The session directory (SPEC §7): one network's log, metrics, best and last checkpoints, config record."""
+"""The session directory (SPEC §7), the contract between processes, tools and users: every file name in
+it, a run's writer (log, metrics, best and last checkpoints, the run record), and reading metrics back.
+
+    <dir>/session.json                  the run record (record.RunRecord), written by the first network
+    <dir>/<i>.log  metrics_<i>.jsonl  best_<i>.t7  last_<i>.t7      network i of a grafting session
+    <dir>/<i>.out                       network i's console, written by the launchers
+    <dir>/exchange/net<i>_epoch<e>.t7   network i's pre-graft weights of epoch e
+    <dir>/exchange/net<i>.alive|.done|.failed   its heartbeat and end markers
+    <dir>/train.log  metrics.jsonl  best.pth.tar  last.pth.tar      a single run (stripe pruning)
+    <dir>/prune.json  pruned.pth.tar  pruned.pt2                    what stripe pruning leaves
+    <dir>/plots/                        figures made by scripts/summarize.py
+"""
 import json
 import os
 import sys
@@ -7,8 +18,15 @@ from pathlib import Path
 
 from .checkpoint import atomic_save, load_checkpoint
 from .errors import UserError
+from .record import RunRecord
 
 CONFIG_FILE = "session.json"
+EXCHANGE_DIR = "exchange"
+PLOTS_DIR = "plots"
+PRUNE_REPORT = "prune.json"
+PRUNED_CHECKPOINT = "pruned.pth.tar"
+PRUNED_PROGRAM = "pruned.pt2"
+MARKERS = ("alive", "done", "failed")
 
 
 @dataclass(frozen=True)
@@ -29,6 +47,26 @@ def network_files(index):
 SINGLE_RUN_FILES = SessionFiles("train.log", "metrics.jsonl", "best.pth.tar", "last.pth.tar")
 
 
+def console_file(index):
+    """Where a launcher sends network i's console."""
+    return f"{index}.out"
+
+
+def exchange_dir(root):
+    return Path(root) / EXCHANGE_DIR
+
+
+def exchange_weights(directory, index, epoch):
+    """Network `index`'s pre-graft weights of `epoch` inside the exchange directory."""
+    return Path(directory) / f"net{index}_epoch{epoch}.t7"
+
+
+def exchange_marker(directory, index, kind):
+    """Network `index`'s marker of `kind` (alive, done or failed) inside the exchange directory."""
+    assert kind in MARKERS, kind
+    return Path(directory) / f"net{index}.{kind}"
+
+
 def _check_writable(root):
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -40,12 +78,11 @@ def _check_writable(root):
                         f"choose a writable directory") from None
 
 
-def _record_config(root, config, details):
-    """Write the session's configuration once (with informational `details`, e.g. the epoch budget);
-    refuse a later run whose configuration differs."""
+def _record_run(root, record):
+    """Write the run record once; refuse a later run (another network, a resume) whose identity differs."""
     path = root / CONFIG_FILE
     tmp = root / f".{CONFIG_FILE}.{os.getpid()}"
-    tmp.write_text(json.dumps({**config, "details": details or {}}, indent=1, sort_keys=True))
+    tmp.write_text(record.to_json())
     try:
         os.link(tmp, path)  # atomic create-if-absent: a peer never reads a half-written file
         return
@@ -54,24 +91,35 @@ def _record_config(root, config, details):
     finally:
         tmp.unlink()
     try:
-        recorded = json.loads(path.read_text())
-    except (OSError, ValueError):
+        raw = json.loads(path.read_text())
+        recorded, present = RunRecord.from_dict(raw).identity(), RunRecord.fields_in(raw)
+    except (OSError, ValueError, TypeError, AttributeError):
         raise UserError(f"{path} is unreadable; remove it or choose another session directory") from None
-    diff = {k: (recorded.get(k), v) for k, v in config.items() if recorded.get(k) != v}
+    # a session written before a field was recorded is compared on the fields it has
+    diff = {k: (recorded[k], v) for k, v in record.identity().items() if k in present and recorded[k] != v}
     if diff:
         what = ", ".join(f"{k}={new!r} (session has {old!r})" for k, (old, new) in diff.items())
         raise UserError(f"session directory {root} holds another run: {what}; choose another directory")
 
 
+def read_record(root):
+    """The run record of session directory `root`, or None when it has none or it is unreadable."""
+    try:
+        raw = json.loads((Path(root) / CONFIG_FILE).read_text())
+        return RunRecord.from_dict(raw) if isinstance(raw, dict) else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 class Session:
     """One run's files in a session directory, its log and its metrics."""
 
-    def __init__(self, root, files, config=None, resume=False, details=None):
+    def __init__(self, root, files, record=None, resume=False):
         self.root = Path(root)
         self.files = files
         _check_writable(self.root)
-        if config is not None:
-            _record_config(self.root, config, details)
+        if record is not None:
+            _record_run(self.root, record)
         if resume and not self.last_path.exists():
             raise UserError(f"--resume: {self.last_path} does not exist; start without --resume")
         if not resume and self.last_path.exists():

@@ -1,0 +1,162 @@
+"""The run record: what a run was asked to do, with one spelling per field, and where it ran.
+
+Every method script fills one from its flags (the flags' destinations are these field names, whatever the
+script's own spelling: `--model` and `-a/--arch` both fill `arch`, `--cifar` fills `num_classes`, `--save`
+and `--s` fill `session_dir`) and writes it to its session directory as `session.json`. Plain data: this
+module imports nothing of the project, and every other module may read it.
+"""
+import dataclasses
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SCRIPTS = ("grafting_cifar", "grafting_imagenet", "grafting_plus", "stripe_pruning")
+
+# The fields that say which run a session holds: every network of a session, and every later --resume of
+# it, must agree on them. The others (epochs, learning rate, workers, speed flags, the environment) may
+# change between a run and its resume.
+IDENTITY = ("script", "arch", "dataset", "num_classes", "num", "level", "criterion", "source", "difflr",
+            "cos", "teachers", "T", "sr", "threshold", "freeze_weights")
+
+# Spellings that sessions written before the run record used, and the field each stands for.
+LEGACY_NAMES = {"model": "arch", "cifar": "num_classes", "s": "session_dir", "save": "session_dir",
+                "data_path": "data", "i": "index", "print_frequence": "print_freq"}
+
+
+@dataclass
+class RunRecord:
+    """Every setting of one run, None where the script has no such setting."""
+
+    script: str = None
+    command: list = field(default_factory=list)
+    # what is trained, on what
+    arch: str = None
+    num_classes: int = None
+    dataset: str = None
+    data: str = None
+    session_dir: str = None
+    # optimisation
+    epochs: int = None
+    start_epoch: int = None
+    batch_size: int = None
+    lr: float = None
+    momentum: float = None
+    weight_decay: float = None
+    cos: bool = False
+    lr_step: int = None
+    milestones: list = None
+    seed: int = None
+    resume: object = None  # True/False, or a checkpoint path (grafting_imagenet)
+    # the grafting ring
+    num: int = 1
+    index: int = 1
+    a: float = None
+    c: float = None
+    difflr: bool = False
+    level: str = None
+    criterion: str = None
+    source: str = None
+    noise_decay: float = None
+    invalid_threshold: float = None
+    graft_timeout: float = None
+    heartbeat_timeout: float = None
+    exchange: str = None
+    # grafting+
+    teachers: list = None  # [{"arch", "checkpoint"}]
+    T: float = None
+    # stripe-wise pruning
+    sr: float = None
+    threshold: float = None
+    freeze_weights: bool = None
+    # ImageNet-style data and models
+    crop_size: int = None
+    resize_size: int = None
+    pretrained: bool = None
+    evaluate: bool = None
+    gpu: int = None
+    # loading, logging, speed
+    workers: int = None
+    print_freq: int = None
+    device: str = None
+    loader: str = None
+    amp: bool = None
+    channels_last: bool = None
+    compile: str = None
+    # where it ran
+    environment: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_flags(cls, script, args, argv=None):
+        """The record of parsed flags `args` (an argparse.Namespace whose destinations are field names)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in vars(args).items() if k in known}
+        command = list(sys.argv if argv is None else [sys.argv[0], *argv])
+        return cls(**{**values, "script": script, "command": command})
+
+    def identity(self):
+        """The fields every network and every resume of a session must share."""
+        return {name: getattr(self, name) for name in IDENTITY}
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True, default=str)
+
+    @staticmethod
+    def fields_in(raw):
+        """The fields a session.json holds, this version's or an earlier one's."""
+        details = raw.get("details") if isinstance(raw.get("details"), dict) else {}
+        return {LEGACY_NAMES.get(key, key) for key in (*raw, *details)}
+
+    @classmethod
+    def from_dict(cls, raw):
+        """A record from a session.json, this version's or an earlier one's (flat keys, legacy spellings,
+        a `details` dict); keys it does not know are dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        merged = {}
+        details = raw.get("details")
+        for source in ((details if isinstance(details, dict) else {}), raw):
+            for key, value in source.items():
+                name = LEGACY_NAMES.get(key, key)
+                if name in known and (name not in merged or key == name):
+                    merged[name] = value
+        if isinstance(merged.get("teachers"), list):
+            merged["teachers"] = [t if isinstance(t, dict) else {"arch": t} for t in merged["teachers"]]
+        return cls(**merged)
+
+    @property
+    def teacher_archs(self):
+        """The teachers' architectures as a tuple (empty without teachers)."""
+        return tuple(t.get("arch") for t in self.teachers or ())
+
+
+def git_commit(directory):
+    """The commit of the git checkout holding `directory` (with '+changes' when it has uncommitted ones),
+    or None outside a checkout or without git."""
+    try:
+        run = dict(cwd=directory, capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **run)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
+        return commit.stdout.strip() + ("+changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(devices=()):
+    """Versions, host and code of this process: Python, torch, torchvision, CUDA, cuDNN, the names of
+    `devices` (torch.device objects), the host, the working directory and the git commit."""
+    import torch
+    import torchvision
+
+    names = [torch.cuda.get_device_name(d) if d.type == "cuda" else platform.processor() or platform.machine()
+             for d in devices]
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "devices": [f"{d}: {name}" for d, name in zip(devices, names)], "host": socket.gethostname(),
+            "cwd": os.getcwd(), "commit": git_commit(Path(__file__).resolve().parent)}
