@@ -55,3 +55,26 @@ def check_compatible(state, reference, source):
         if state[key].shape != tensor.shape:
             raise UserError(f"{source} has a different architecture: {key} is {tuple(state[key].shape)}, "
                             f"expected {tuple(tensor.shape)}")
+
+
+RESUMABLE = {"net", "epoch", "optimizer"}
+
+
+def check_matching(state, model, meta, source):
+    """Raise a UserError when checkpoint `state` was written for another run (an `arch` or `num_classes` of
+    `meta` it records differently) or holds other tensor names or shapes than `model`."""
+    for key, value in meta.items():
+        if isinstance(state, dict) and key in state and state[key] != value:
+            raise UserError(f"{source} was written for {key}={state[key]!r}, not {value!r}")
+    check_compatible(state_dict_of(state, source), model.state_dict(), source)
+
+
+def load_matching(path, model, meta, resumable, source):
+    """The checkpoint at `path`, checked against `model` and `meta` (check_matching) before anything is
+    written; with `resumable`, it must also hold the training state that --resume continues from."""
+    state = load_checkpoint(path, source)
+    if resumable and not (isinstance(state, dict) and RESUMABLE <= set(state)):
+        raise UserError(f"{source} is not a resumable checkpoint of this project: training continues from a "
+                        f"last_<i>.t7 (best_<i>.t7 and bare state dicts are for -e)")
+    check_matching(state, model, meta, source)
+    return state

@@ -1,18 +1,32 @@
-"""Command-line pieces shared by the method scripts: the grafting and speed flags, their checks, and the
-wiring from parsed flags to a ready Trainer for the CIFAR-style scripts."""
+"""Flags only: the argument groups the method scripts share, their checks, and the run record they fill.
+
+Every flag's destination is a RunRecord field, whatever the script calls the flag (`--model` and `--arch`
+both fill `arch`), so a setting has one name from the command line to session.json; errors about a
+setting are worded with the running script's own flag for it (`run`).
+"""
 import argparse
-import os
+import sys
 
-import torch
+from .engine import every
+from .errors import FlagError, UserError
+from .grafting import DEFAULT_A, DEFAULT_C
+from .record import RunRecord
+from .ring import EXCHANGES, place_in_ring
+from .runner import LEVELS, SOURCES
+from .data import DATASETS, LOADERS
 
-from .dist_exchange import torchrun_rank
-from .data import DATASETS, LOADERS, cifar_like_datasets, describe_loader, make_loaders
-from .engine import LRSchedule, Trainer, cross_entropy_loss, difflr, every, resolve_device, sgd
-from .errors import UserError
-from .models import create_model
-from .rng import seed_everything
-from .session import Session, network_files
-from .runner import EXCHANGES, LEVELS, SOURCES, GraftSettings
+# The CIFAR grafting scripts' optimiser, as the release hard-codes it.
+CIFAR_MOMENTUM, CIFAR_WEIGHT_DECAY = 0.9, 5e-4
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` that must be > 0."""
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+        return value
+    return parse
 
 
 def add_cifar_training_flags(parser):
@@ -25,18 +39,21 @@ def add_cifar_training_flags(parser):
     parser.add_argument("--dataset", choices=DATASETS, default="cifar",
                         help="cifar, digits (scikit-learn's, offline) or fake (tests)")
     parser.add_argument("--workers", "-j", type=int, default=2, help="data loading processes")
-    parser.add_argument("--print_frequence", type=positive(int), default=50, help="batches between log lines")
+    parser.add_argument("--print_frequence", dest="print_freq", type=positive(int), default=50,
+                        help="batches between log lines")
     parser.add_argument("--lr-step", type=positive(int), default=60, help="step schedule: ×0.1 every N epochs")
+    parser.set_defaults(momentum=CIFAR_MOMENTUM, weight_decay=CIFAR_WEIGHT_DECAY)
 
 
 def add_grafting_flags(parser, resume_flag=True):
     """The flags every grafting script has (SPEC §6)."""
     g = parser.add_argument_group("grafting")
-    g.add_argument("--s", default="checkpoint/grafting", metavar="DIR", help="session directory")
+    g.add_argument("--s", dest="session_dir", default="checkpoint/grafting", metavar="DIR", help="session directory")
     g.add_argument("--num", type=int, default=1, help="number of networks in the ring (1: baseline)")
-    g.add_argument("--i", type=int, default=1, help="index of this network, 1..num (--exchange dist: RANK + 1)")
-    g.add_argument("--a", type=float, default=0.4, help="A in α = (A/π)·arctan(c·ΔH) + 0.5")
-    g.add_argument("--c", type=float, default=500.0, help="c in α = (A/π)·arctan(c·ΔH) + 0.5")
+    g.add_argument("--i", dest="index", type=int, default=1,
+                   help="index of this network, 1..num (--exchange dist: RANK + 1)")
+    g.add_argument("--a", type=float, default=DEFAULT_A, help="A in α = (A/π)·arctan(c·ΔH) + 0.5")
+    g.add_argument("--c", type=float, default=DEFAULT_C, help="c in α = (A/π)·arctan(c·ΔH) + 0.5")
     g.add_argument("--cos", action="store_true", help="cosine learning rate, annealed every iteration")
     g.add_argument("--difflr", action="store_true",
                    help="network i starts at lr·(1 + cos(π·(num − i)/num))/2 instead of lr")
@@ -61,53 +78,6 @@ def add_grafting_flags(parser, resume_flag=True):
     return g
 
 
-def positive(kind):
-    """An argparse type: a number of `kind` that must be > 0."""
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
-        return value
-    return parse
-
-
-def _networks_from_torchrun(args):
-    """--exchange dist: torchrun numbers the networks, rank r is network r + 1 of WORLD_SIZE; with several
-    visible GPUs and no --device, network r uses GPU LOCAL_RANK."""
-    rank, world = torchrun_rank()
-    if args.num != world:
-        raise UserError(f"--num {args.num} does not match the {world} processes torchrun started (WORLD_SIZE); "
-                        f"pass --num {world}")
-    args.i = rank + 1
-    if getattr(args, "device", "") is None and torch.cuda.device_count() > 1:
-        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-
-
-def graft_settings(args):
-    """GraftSettings from parsed flags, after checking them."""
-    if args.exchange == "dist":
-        _networks_from_torchrun(args)
-    if args.num < 1:
-        raise UserError(f"--num must be at least 1, not {args.num}")
-    if not 1 <= args.i <= args.num:
-        raise UserError(f"--i must be between 1 and --num ({args.num}), not {args.i}")
-    if args.level == "filter" and args.num < 2:
-        raise UserError("--level filter grafts between networks; use --num 2 or more")
-    if not 0 < args.noise_decay < 1:
-        raise UserError(f"--noise-decay must be between 0 and 1, not {args.noise_decay}")
-    if args.graft_timeout <= 0 or args.heartbeat_timeout <= 0:
-        raise UserError("--graft-timeout and --heartbeat-timeout must be positive")
-    return GraftSettings(index=args.i, num=args.num, a=args.a, c=args.c, level=args.level,
-                         criterion=args.criterion, source=args.source, noise_decay=args.noise_decay,
-                         invalid_threshold=args.invalid_threshold, timeout=args.graft_timeout,
-                         heartbeat_timeout=args.heartbeat_timeout, exchange=args.exchange)
-
-
-def network_seed(args):
-    """Network i's seed: --seed + i, or None for a fresh random one."""
-    return None if args.seed is None else args.seed + args.i
-
-
 def add_speed_flags(parser):
     """Flags that change how fast a network trains, not what it learns."""
     g = parser.add_argument_group("speed")
@@ -121,47 +91,48 @@ def add_speed_flags(parser):
     return g
 
 
-def speed_options(args, device):
-    """Trainer keyword arguments for the speed flags, checked against the device."""
-    if args.amp and device.type != "cuda":
-        raise UserError("--amp (bfloat16 autocast) needs a CUDA device; drop --amp on the CPU")
-    if args.compile is not None:
-        backends = torch._dynamo.list_backends(exclude_tags=())
-        if args.compile not in backends:
-            raise UserError(f"--compile {args.compile}: unknown backend; choose one of: {', '.join(backends)}")
-    return {"amp": args.amp, "channels_last": args.channels_last, "compile": args.compile}
+def check_training(record):
+    """The checks every method script's training settings get."""
+    if record.epochs is not None and record.epochs < 1:
+        raise FlagError("epochs", f"{{flag}} must be at least 1, not {record.epochs}")
+    if record.workers is not None and record.workers < 0:
+        raise FlagError("workers", f"{{flag}} must be 0 or more, not {record.workers}")
 
 
-def cifar_network(args, arch, num_classes, config, loss_for_device=None):
-    """Network --i of a CIFAR-style grafting session from its flags: seeds, data, the session directory
-    (recording `config` beside the grafting settings), model, loaders, learning rate and schedule.
-    `loss_for_device(device)` gives the training objective (plain cross entropy by default).
-    Returns (trainer, graft settings)."""
-    if args.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, not {args.epochs}")
-    settings = graft_settings(args)
-    device = resolve_device(args.device)
-    speed = speed_options(args, device)
-    seed = network_seed(args)
-    if seed is not None:
-        seed_everything(seed)
-    train_set, test_set = cifar_like_datasets(args.dataset, args.data, num_classes)
-    config = {"model": arch, "num": args.num, "num_classes": num_classes, "dataset": args.dataset,
-              "level": args.level, "criterion": args.criterion, "source": args.source, "difflr": args.difflr,
-              "cos": args.cos, **config}
-    details = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "a": args.a, "c": args.c}
-    session = Session(args.s, network_files(args.i), config=config, resume=args.resume, details=details)
-    model = create_model(arch, num_classes).to(device)
-    train_loader, test_loader, generator = make_loaders(
-        train_set, test_set, args.batch_size, args.workers, seed, pin_memory=device.type == "cuda",
-        loader=args.loader, device=device)
-    lr = difflr(args.lr, args.i, args.num) if args.difflr else args.lr
-    schedule = LRSchedule(args.epochs, len(train_loader), cosine=args.cos, milestones=every(args.lr_step, args.epochs))
-    loss_fn = loss_for_device(device) if loss_for_device is not None else cross_entropy_loss
-    trainer = Trainer(model, sgd(model, lr), train_loader, test_loader, session, device=device,
-                      epochs=args.epochs, schedule=schedule, loss_fn=loss_fn, print_freq=args.print_frequence,
-                      generator=generator, meta={"arch": arch, "num_classes": num_classes}, **speed)
-    session.log(f"{arch} on {args.dataset} ({num_classes} classes), network {args.i}/{args.num}, "
-                f"{sum(p.numel() for p in model.parameters()):,} parameters, lr {lr:g}, device {device}, "
-                f"{describe_loader(train_loader)} data pipeline, torch {torch.__version__}")
-    return trainer, settings
+def grafting_record(args, script=None):
+    """The checked run record of a grafting script's flags: its place in the ring (from torchrun with
+    --exchange dist) and its step schedule's milestones included."""
+    record = RunRecord.from_flags(script, args)
+    check_training(record)
+    place_in_ring(record)
+    if record.num < 1:
+        raise UserError(f"--num must be at least 1, not {record.num}")
+    if not 1 <= record.index <= record.num:
+        raise UserError(f"--i must be between 1 and --num ({record.num}), not {record.index}")
+    if record.level == "filter" and record.num < 2:
+        raise UserError("--level filter grafts between networks; use --num 2 or more")
+    if not 0 < record.noise_decay < 1:
+        raise UserError(f"--noise-decay must be between 0 and 1, not {record.noise_decay}")
+    if record.graft_timeout <= 0 or record.heartbeat_timeout <= 0:
+        raise UserError("--graft-timeout and --heartbeat-timeout must be positive")
+    if record.lr_step is not None and record.epochs is not None:
+        record.milestones = every(record.lr_step, record.epochs)
+    return record
+
+
+def flag_of(parser, field):
+    """How `parser` spells the flag that fills `field`: its first long option (`--arch` of `-a/--arch`)."""
+    for action in parser._actions:
+        if action.dest == field and action.option_strings:
+            return next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+    return f"--{field}"
+
+
+def run(parser, main, argv=None):
+    """Parse `argv` with `parser` and call main(args); a FlagError comes out worded with this parser's flag."""
+    args = parser.parse_args(argv)
+    args.command = list(sys.argv) if argv is None else [parser.prog, *map(str, argv)]
+    try:
+        return main(args)
+    except FlagError as err:
+        raise UserError(err.worded(flag_of(parser, err.field))) from None

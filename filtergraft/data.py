@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
 
-from .errors import UserError
+from .errors import FlagError, UserError
 
 CIFAR_STATS = {
     10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -78,22 +78,27 @@ def _cifar(root, num_classes, train, transform):
         os.makedirs(root, exist_ok=True)
         return cls(root, train=train, transform=transform, download=True)
     except (OSError, RuntimeError) as err:
-        raise UserError(f"CIFAR-{num_classes} is not in {root} and could not be downloaded ({err}); "
-                        f"put the extracted '{folder}' folder into {root} or pass --data DIR") from None
+        raise FlagError("data", f"CIFAR-{num_classes} is not in {root} and could not be downloaded ({err}); "
+                                f"put the extracted '{folder}' folder into {root} or pass {{flag}} DIR") from None
+
+
+def check_cifar_like(name, num_classes):
+    """Refuse a dataset other than cifar | digits | fake, or a class count it does not have."""
+    if name not in DATASETS:
+        raise FlagError("dataset", f"unknown {{flag}} '{name}'; choose one of: {', '.join(DATASETS)}")
+    if num_classes not in CIFAR_STATS:
+        raise FlagError("num_classes", f"{{flag}} must be 10 or 100, not {num_classes}")
+    if name == "digits" and num_classes != 10:
+        raise FlagError("num_classes", "the digits dataset has 10 classes; use {flag} 10 with --dataset digits")
 
 
 def cifar_like_datasets(name, root, num_classes=10):
     """(train, test) datasets with CIFAR augmentation for `name` in cifar | digits | fake."""
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
-    if num_classes not in CIFAR_STATS:
-        raise UserError(f"--cifar must be 10 or 100, not {num_classes}")
+    check_cifar_like(name, num_classes)
     train_tf, test_tf = cifar_transforms(num_classes)
     if name == "cifar":
         return _cifar(root, num_classes, True, train_tf), _cifar(root, num_classes, False, test_tf)
     if name == "digits":
-        if num_classes != 10:
-            raise UserError("the digits dataset has 10 classes; use --cifar 10 with --dataset digits")
         (x_train, y_train), (x_test, y_test) = digits_arrays()
         return ArrayImages(x_train, y_train, train_tf), ArrayImages(x_test, y_test, test_tf)
     return (datasets.FakeData(FAKE_SIZES["train"], (3, 32, 32), num_classes, train_tf),
@@ -257,17 +262,17 @@ def image_folder_datasets(root, crop_size=224, resize_size=256):
     in both) with the ImageNet transforms."""
     root = os.fspath(root)
     if not os.path.isdir(root):
-        raise UserError(f"--data {root} is not a directory; give the folder that holds train/ and val/")
+        raise FlagError("data", f"{{flag}} {root} is not a directory; give the folder that holds train/ and val/")
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(root, split)):
-            raise UserError(f"--data {root} has no {split}/ folder; it must hold train/ and val/, each with "
-                            f"one folder of images per class (scripts/make_imagefolder.py writes a small one)")
+            raise FlagError("data", f"{{flag}} {root} has no {split}/ folder; it must hold train/ and val/, each "
+                                    f"with one folder of images per class (scripts/make_imagefolder.py writes a small one)")
     train_tf, eval_tf = imagenet_transforms(crop_size, resize_size)
     train_set = _image_folder(os.path.join(root, "train"), train_tf)
     val_set = _image_folder(os.path.join(root, "val"), eval_tf)
     if train_set.classes != val_set.classes:
         only_train = sorted(set(train_set.classes) - set(val_set.classes))
         only_val = sorted(set(val_set.classes) - set(train_set.classes))
-        raise UserError(f"--data {root}: train/ and val/ hold different classes (only in train: {only_train[:3]}, "
-                        f"only in val: {only_val[:3]}); both need the same class folders")
+        raise FlagError("data", f"{{flag}} {root}: train/ and val/ hold different classes (only in train: "
+                                f"{only_train[:3]}, only in val: {only_val[:3]}); both need the same class folders")
     return train_set, val_set

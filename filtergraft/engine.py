@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import check_compatible, state_dict_of
-from .errors import UserError
+from .checkpoint import check_matching, state_dict_of
+from .errors import FlagError, UserError
 from .rng import rng_state, set_rng_state
 from .session import is_terminal
 
@@ -22,7 +22,7 @@ def resolve_device(name=None):
     except RuntimeError:
         raise UserError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise FlagError("device", f"{{flag}} {name}: CUDA is not available on this machine; use --device cpu")
     return device
 
 
@@ -189,12 +189,8 @@ class Trainer:
         position in the schedule, best accuracy and random generators; metrics lines past it are dropped."""
         source = source or self.session.last_path
         state = self.session.load_last() if state is None else state
-        for key in ("arch", "num_classes"):
-            if key in self.meta and key in state and state[key] != self.meta[key]:
-                raise UserError(f"--resume: checkpoint was written for {key}={state[key]!r}, "
-                                f"not {self.meta[key]!r}")
-        net = state_dict_of(state, "--resume checkpoint")
-        check_compatible(net, self.model.state_dict(), "--resume checkpoint")
+        check_matching(state, self.model, self.meta, f"--resume {source}")
+        net = state_dict_of(state, source)
         self.model.load_state_dict(net)
         self.optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:
@@ -208,6 +204,14 @@ class Trainer:
         self.session.sync_metrics(state["epoch"], state.get("metrics"))
         self.session.log(f"resumed from {source} after epoch {state['epoch']} "
                          f"(best {self.best_acc:.2f}%)")
+
+    def start_at(self, epoch):
+        """Begin at `epoch` as if epochs 1..epoch−1 had run: the schedule, and so the learning rate, included."""
+        done = (epoch - 1) * len(self.train_loader)
+        self.start_epoch = epoch
+        self.scheduler.last_epoch = done
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * self.schedule(done)
 
     def fit(self, epoch_end=None):
         """Train from start_epoch to epochs. `epoch_end(epoch) -> dict` runs after each epoch's

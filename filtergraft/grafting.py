@@ -10,6 +10,9 @@ from torch import fx, nn
 from .analysis import filter_l1_norms
 
 BINS = 10
+# The papers' A and c of the coefficient α (SPEC §3), the defaults of every grafting script's --a and --c.
+DEFAULT_A = 0.4
+DEFAULT_C = 500.0
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 # Modules that pass channel j of their input to channel j of their output without mixing channels.
@@ -38,7 +41,7 @@ def l1_information(weight):
 CRITERIA = {"entropy": layer_entropy, "l1": l1_information}
 
 
-def graft_coefficient(h_self, h_peer, a=0.4, c=500.0):
+def graft_coefficient(h_self, h_peer, a=DEFAULT_A, c=DEFAULT_C):
     """α = (A/π)·arctan(c·(H_self − H_peer)) + 0.5, rounded to two decimals (as the reference release).
 
     Works on floats and on tensors (elementwise, without leaving the device)."""
@@ -155,7 +158,7 @@ def graft_units(model):
 class Grafter:
     """Grafts a model with a peer's pre-graft weights at the end of each epoch (SPEC §3)."""
 
-    def __init__(self, model, a=0.4, c=500.0, criterion="entropy", level="layer"):
+    def __init__(self, model, a=DEFAULT_A, c=DEFAULT_C, criterion="entropy", level="layer"):
         self.model = model
         self.a = a
         self.c = c
@@ -242,7 +245,7 @@ def graft_noise(model, sigma, threshold):
 
 
 @torch.no_grad()
-def graft_internal(model, threshold, a=0.4, c=500.0):
+def graft_internal(model, threshold, a=DEFAULT_A, c=DEFAULT_C):
     """Internal scion: in each conv, the k-th weakest of the filters with L1 norm < threshold is grafted
     with the k-th strongest filter, W ← α·W + (1 − α)·W_strong, α from the two filters' entropies."""
     layers = []

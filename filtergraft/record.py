@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCRIPTS = ("grafting_cifar", "grafting_imagenet", "grafting_plus", "stripe_pruning")
+RING_SCRIPTS = SCRIPTS[:3]  # one network of a grafting session each
 
 # The fields that say which run a session holds: every network of a session, and every later --resume of
 # it, must agree on them. The others (epochs, learning rate, workers, speed flags, the environment) may
@@ -91,12 +92,17 @@ class RunRecord:
     environment: dict = field(default_factory=dict)
 
     @classmethod
-    def from_flags(cls, script, args, argv=None):
-        """The record of parsed flags `args` (an argparse.Namespace whose destinations are field names)."""
+    def from_flags(cls, script, args):
+        """The record of parsed flags `args` (an argparse.Namespace whose destinations are field names; its
+        `command`, when set, is the command line, else this process's)."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in vars(args).items() if k in known}
-        command = list(sys.argv if argv is None else [sys.argv[0], *argv])
-        return cls(**{**values, "script": script, "command": command})
+        return cls(**{"command": list(sys.argv), **values, "script": script})
+
+    @property
+    def in_ring(self):
+        """Whether the run is one network of a grafting session (every script but stripe pruning)."""
+        return self.script in RING_SCRIPTS
 
     def identity(self):
         """The fields every network and every resume of a session must share."""

@@ -5,34 +5,30 @@
 import argparse
 
 from filtergraft import cli
-from filtergraft.errors import UserError, exit_on_user_error
-from filtergraft.models import create_model, model_names
+from filtergraft.assembly import cifar_trainer
+from filtergraft.errors import exit_on_user_error
+from filtergraft.models import model_names
 from filtergraft.runner import failures_announced, run_network
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description="Filter grafting on CIFAR (one network of the ring)")
     cli.add_cifar_training_flags(parser)
-    parser.add_argument("--model", default="resnet32", help=f"one of: {', '.join(model_names())}")
-    parser.add_argument("--cifar", type=int, default=10, help="10 or 100 classes")
+    parser.add_argument("--model", dest="arch", default="resnet32", help=f"one of: {', '.join(model_names())}")
+    parser.add_argument("--cifar", dest="num_classes", type=int, default=10, help="10 or 100 classes")
     cli.add_grafting_flags(parser)
     cli.add_speed_flags(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def run(args):
+    record = cli.grafting_record(args, "grafting_cifar")
+    with failures_announced(record):
+        run_network(cifar_trainer(record), record)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    with failures_announced(args):
-        train(args)
-
-
-def train(args):
-    if args.cifar not in (10, 100):
-        raise UserError(f"--cifar must be 10 or 100, not {args.cifar}")
-    if args.model not in model_names():
-        create_model(args.model)  # raises the error listing the valid names
-    trainer, settings = cli.cifar_network(args, args.model, args.cifar, {"script": "grafting_cifar"})
-    run_network(trainer, settings, resume=args.resume, arch=args.model)
+    return cli.run(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,14 @@ import os
 import torch
 
 from filtergraft import cli
+from filtergraft.assembly import check_cifar_network, cifar_trainer
 from filtergraft.distill import DistillationLoss, load_teachers
-from filtergraft.engine import cross_entropy_loss
-from filtergraft.errors import UserError, exit_on_user_error
-from filtergraft.models import create_model, model_names
+from filtergraft.errors import exit_on_user_error
+from filtergraft.models import model_names
 from filtergraft.runner import failures_announced, run_network
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description="Grafting+ on CIFAR (one student of the ring, with teachers)")
     parser.add_argument("--arch", default="resnet32", help=f"student: one of {', '.join(model_names())}")
     parser.add_argument("--num_classes", type=int, default=100, help="10 or 100 (CIFAR-10 / CIFAR-100)")
@@ -32,47 +32,34 @@ def parse_args(argv=None):
     cli.add_cifar_training_flags(parser)
     cli.add_grafting_flags(parser)
     cli.add_speed_flags(parser)
-    return parser.parse_args(argv)
+    return parser
 
 
-def check_args(args):
-    if args.num_classes not in (10, 100):
-        raise UserError(f"--num_classes must be 10 or 100, not {args.num_classes}")
-    if args.dataset == "digits" and args.num_classes != 10:
-        raise UserError("the digits dataset has 10 classes; use --num_classes 10 with --dataset digits")
-    if args.arch not in model_names():
-        create_model(args.arch)  # raises the error listing the valid names
+def run(args):
+    record = cli.grafting_record(args, "grafting_plus")
+    check_cifar_network(record)
+    # Teachers are checked before anything is written (every network of a ring gets the same teacher flags
+    # and refuses them alike), and built before seeding: a student's initialisation does not depend on them.
+    teachers = load_teachers(args.teacher_arch, args.teacher_dir, record.num_classes)
+    record.teachers = [{"arch": arch, "checkpoint": os.path.abspath(path)}
+                       for arch, path in zip(args.teacher_arch, args.teacher_dir)]
+    record.T = args.T if teachers else None
+
+    def loss_for_device(device):
+        memory_format = torch.channels_last if record.channels_last else torch.preserve_format
+        return DistillationLoss([t.to(device, memory_format=memory_format) for t, _ in teachers], record.T)
+
+    with failures_announced(record):
+        trainer = cifar_trainer(record, loss_for_device if teachers else None)
+        for teacher, (_, acc) in zip(record.teachers, teachers):
+            recorded = "unknown" if acc is None else f"{acc:.2f}%"
+            trainer.session.log(f"teacher {teacher['arch']} from {teacher['checkpoint']} (recorded test accuracy "
+                                f"{recorded}), T = {record.T:g}")
+        run_network(trainer, record)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    check_args(args)
-    # Teachers are checked before anything is written (every network of a ring gets the same teacher flags
-    # and refuses them alike), and built before seeding: a student's initialisation does not depend on them.
-    teachers = load_teachers(args.teacher_arch, args.teacher_dir, args.num_classes)
-    with failures_announced(args):
-        train(args, teachers)
-
-
-def train(args, teachers):
-    """Train student --i of the session; `teachers` are the frozen (model, recorded accuracy) pairs."""
-    teacher_record = [{"arch": arch, "checkpoint": os.path.abspath(path)}
-                      for arch, path in zip(args.teacher_arch, args.teacher_dir)]
-    config = {"script": "grafting_plus", "teachers": teacher_record, "T": args.T if teachers else None}
-
-    def loss_for_device(device):
-        if not teachers:
-            return cross_entropy_loss
-        memory_format = torch.channels_last if args.channels_last else torch.preserve_format
-        return DistillationLoss([t.to(device, memory_format=memory_format) for t, _ in teachers], args.T)
-
-    trainer, settings = cli.cifar_network(args, args.arch, args.num_classes, config, loss_for_device)
-    session = trainer.session
-    for record, (_, acc) in zip(teacher_record, teachers):
-        recorded = "unknown" if acc is None else f"{acc:.2f}%"
-        session.log(f"teacher {record['arch']} from {record['checkpoint']} (recorded test accuracy {recorded}), "
-                    f"T = {args.T:g}")
-    run_network(trainer, settings, resume=args.resume, arch=args.arch)
+    return cli.run(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

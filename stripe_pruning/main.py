@@ -14,26 +14,27 @@ import json
 import torch
 
 from filtergraft import cli
+from filtergraft.assembly import build_trainer
 from filtergraft.checkpoint import atomic_save, load_checkpoint, state_dict_of
-from filtergraft.data import DATASETS, cifar_like_datasets, describe_loader, image_folder_datasets, make_loaders
-from filtergraft.engine import LRSchedule, Trainer, evaluate, resolve_device, sgd
-from filtergraft.errors import UserError, exit_on_user_error
-from filtergraft.models.stripe_resnet import StripeResNet18, StripeResNet56
-from filtergraft.models.stripe_vgg import StripeVGG
-from filtergraft.rng import seed_everything
-from filtergraft.session import SINGLE_RUN_FILES, Session
+from filtergraft.data import DATASETS, cifar_like_datasets, image_folder_datasets
+from filtergraft.engine import evaluate
+from filtergraft.errors import FlagError, UserError, exit_on_user_error
+from filtergraft.models import canonical_model_name, create_model
+from filtergraft.record import RunRecord
+from filtergraft.session import PRUNE_REPORT, PRUNED_CHECKPOINT, PRUNED_PROGRAM, SINGLE_RUN_FILES
 from filtergraft.stripe import (FilterStripe, choose_modes, count_flops, count_params, export_pruned, prune,
                                 stripe_flops, threshold_skeleton, update_skeleton)
 
-ARCHS = {"VGG": StripeVGG, "ResNet56": StripeResNet56, "ResNet18": StripeResNet18}
+# The release's names of the architectures (its --arch), as the model registry knows them.
+ARCHS = ("VGG", "ResNet56", "ResNet18")
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description="Stripe-wise pruning with a learnable Filter Skeleton")
     parser.add_argument("--arch", choices=ARCHS, default="VGG")
     parser.add_argument("--dataset", choices=(*DATASETS, "imagefolder"), default="cifar",
                         help="cifar, digits, fake, or imagefolder (--data_path holds train/ and val/)")
-    parser.add_argument("--data_path", default="../data")
+    parser.add_argument("--data_path", dest="data", default="../data")
     parser.add_argument("--num_classes", type=int, default=10)
     parser.add_argument("--batch-size", type=cli.positive(int), default=64)
     parser.add_argument("--epochs", type=cli.positive(int), default=160)
@@ -41,7 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--save", default="checkpoint/stripe", help="output directory")
+    parser.add_argument("--save", dest="session_dir", default="checkpoint/stripe", help="output directory")
     parser.add_argument("--sr", type=float, default=None, help="L1 strength on the Filter Skeleton (pruning)")
     parser.add_argument("--threshold", type=float, default=None, help="skeleton entries at or below it are pruned")
     parser.add_argument("--freeze-weights", action="store_true",
@@ -54,26 +55,33 @@ def parse_args(argv=None):
     parser.add_argument("--print-freq", type=cli.positive(int), default=100)
     parser.add_argument("--resume", action="store_true", help="continue from --save's last.pth.tar")
     cli.add_speed_flags(parser)
-    return parser.parse_args(argv)
+    return parser
 
 
-def check_args(args):
-    if (args.sr is None) != (args.threshold is None):
+def stripe_record(args):
+    """The checked run record: sr and threshold together, the registry's name of --arch, the release's
+    ×0.1 steps at 50 % and 75 % of the epochs."""
+    record = RunRecord.from_flags("stripe_pruning", args)
+    cli.check_training(record)
+    if (record.sr is None) != (record.threshold is None):
         raise UserError("--sr and --threshold go together: give both to prune, neither for the baseline")
-    if args.sr is not None and (args.sr < 0 or args.threshold < 0):
-        raise UserError(f"--sr and --threshold must be non-negative, not {args.sr} and {args.threshold}")
-    if args.num_classes < 2:
-        raise UserError(f"--num_classes must be at least 2, not {args.num_classes}")
+    if record.sr is not None and (record.sr < 0 or record.threshold < 0):
+        raise UserError(f"--sr and --threshold must be non-negative, not {record.sr} and {record.threshold}")
+    if record.num_classes < 2:
+        raise FlagError("num_classes", f"{{flag}} must be at least 2, not {record.num_classes}")
+    record.arch = canonical_model_name(record.arch)
+    record.milestones = [m for m in (record.epochs // 2, record.epochs * 3 // 4) if m > 0]
+    return record
 
 
-def datasets_for(args):
-    if args.dataset == "imagefolder":
-        train_set, test_set = image_folder_datasets(args.data_path, args.crop_size, args.resize_size)
-        if len(train_set.classes) != args.num_classes:
-            raise UserError(f"{args.data_path} has {len(train_set.classes)} classes; pass --num_classes "
-                            f"{len(train_set.classes)}")
+def datasets_for(record):
+    if record.dataset == "imagefolder":
+        train_set, test_set = image_folder_datasets(record.data, record.crop_size, record.resize_size)
+        if len(train_set.classes) != record.num_classes:
+            raise FlagError("num_classes", f"{record.data} has {len(train_set.classes)} classes; pass {{flag}} "
+                                           f"{len(train_set.classes)}")
         return train_set, test_set
-    return cifar_like_datasets(args.dataset, args.data_path, args.num_classes)
+    return cifar_like_datasets(record.dataset, record.data, record.num_classes)
 
 
 def freeze_conv_weights(model):
@@ -94,12 +102,12 @@ def reduction(before, after):
     return 100.0 * (before - after) / before
 
 
-def prune_best(args, trainer, session, input_size):
+def prune_best(record, trainer, session, input_size):
     """Load the best checkpoint, prune it, check and time it, and write pruned.pth.tar, prune.json and pruned.pt2."""
     model = trainer.model
     model.load_state_dict(state_dict_of(load_checkpoint(session.best_path, "best checkpoint")))
-    if args.threshold is not None:
-        threshold_skeleton(model, args.threshold)
+    if record.threshold is not None:
+        threshold_skeleton(model, record.threshold)
     masked = evaluate(model, trainer.test_loader, trainer.device, prefix="masked")
     model.cpu().eval()
     pruned = prune(model)
@@ -114,10 +122,10 @@ def prune_best(args, trainer, session, input_size):
               "stripe_layers": modes["stripe"], "dense_layers": modes["dense"], "layers": modes["layers"]}
     report["params_reduction"] = reduction(report["params"], report["params_pruned"])
     report["flops_reduction"] = reduction(report["flops"], report["flops_pruned"])
-    atomic_save({"model": pruned, "net": pruned.state_dict(), "arch": args.arch, "num_classes": args.num_classes,
-                 "acc": acc_pruned}, session.root / "pruned.pth.tar")
-    (session.root / "prune.json").write_text(json.dumps(report, indent=1))
-    export_pruned(pruned, session.root / "pruned.pt2", example)
+    atomic_save({"model": pruned, "net": pruned.state_dict(), "arch": record.arch,
+                 "num_classes": record.num_classes, "acc": acc_pruned}, session.root / PRUNED_CHECKPOINT)
+    (session.root / PRUNE_REPORT).write_text(json.dumps(report, indent=1))
+    export_pruned(pruned, session.root / PRUNED_PROGRAM, example)
     session.log(f"parameters {report['params']:,} -> {report['params_pruned']:,} "
                 f"(-{report['params_reduction']:.2f}%), FLOPs {report['flops']:,} -> {report['flops_pruned']:,} "
                 f"(-{report['flops_reduction']:.2f}%)")
@@ -125,42 +133,29 @@ def prune_best(args, trainer, session, input_size):
                 f"{modes['stripe']} layers stripe-wise, {modes['dense']} dense; files in {session.root}")
 
 
+def run(args):
+    record = stripe_record(args)
+
+    def build_model(num_classes):
+        model = create_model(record.arch, num_classes)
+        if record.freeze_weights:
+            freeze_conv_weights(model)
+        return model
+
+    after_backward = None if record.sr is None else functools.partial(
+        update_skeleton, sr=record.sr, threshold=record.threshold)
+    method = "baseline" if record.sr is None else f"sr {record.sr:g}, threshold {record.threshold:g}"
+    trainer = build_trainer(record, datasets=lambda: datasets_for(record), build_model=build_model,
+                            files=SINGLE_RUN_FILES, seed=record.seed, after_backward=after_backward,
+                            describe=method + (", conv weights frozen" if record.freeze_weights else ""))
+    trainer.fit(functools.partial(kept_stripes, trainer.model, record.threshold))
+    input_size = tuple(next(iter(trainer.test_loader))[0].shape[1:])
+    prune_best(record, trainer, trainer.session, input_size)
+    trainer.session.close()
+
+
 def main(argv=None):
-    args = parse_args(argv)
-    check_args(args)
-    device = resolve_device(args.device)
-    speed = cli.speed_options(args, device)
-    if args.seed is not None:
-        seed_everything(args.seed)
-    train_set, test_set = datasets_for(args)
-    config = {"script": "stripe_pruning", "arch": args.arch, "dataset": args.dataset, "num_classes": args.num_classes,
-              "sr": args.sr, "threshold": args.threshold, "freeze_weights": args.freeze_weights}
-    session = Session(args.save, SINGLE_RUN_FILES, config=config, resume=args.resume,
-                      details={"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size})
-    model = ARCHS[args.arch](num_classes=args.num_classes).to(device)
-    if args.freeze_weights:
-        freeze_conv_weights(model)
-    train_loader, test_loader, generator = make_loaders(
-        train_set, test_set, args.batch_size, args.workers, args.seed, pin_memory=device.type == "cuda",
-        loader=args.loader, device=device)
-    milestones = [m for m in (args.epochs // 2, args.epochs * 3 // 4) if m > 0]  # none before the first epoch
-    schedule = LRSchedule(args.epochs, len(train_loader), milestones=milestones)
-    after_backward = None if args.sr is None else functools.partial(
-        update_skeleton, sr=args.sr, threshold=args.threshold)
-    trainer = Trainer(model, sgd(model, args.lr, args.momentum, args.weight_decay), train_loader, test_loader,
-                      session, device=device, epochs=args.epochs, schedule=schedule, print_freq=args.print_freq,
-                      after_backward=after_backward, generator=generator,
-                      meta={"arch": args.arch, "num_classes": args.num_classes}, **speed)
-    method = "baseline" if args.sr is None else f"sr {args.sr:g}, threshold {args.threshold:g}"
-    frozen = ", conv weights frozen" if args.freeze_weights else ""
-    session.log(f"{args.arch} on {args.dataset} ({args.num_classes} classes), {method}{frozen}, device {device}, "
-                f"{describe_loader(train_loader)} data pipeline")
-    if args.resume:
-        trainer.resume()
-    trainer.fit(functools.partial(kept_stripes, model, args.threshold))
-    input_size = tuple(next(iter(test_loader))[0].shape[1:])
-    prune_best(args, trainer, session, input_size)
-    session.close()
+    return cli.run(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

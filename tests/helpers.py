@@ -1,4 +1,5 @@
 """Running the project's real scripts as subprocesses, the way users do."""
+import json
 import os
 import signal
 import subprocess
@@ -53,3 +54,16 @@ def one_error_line(result):
     lines = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+def assert_run_record(session, seed, weight_decay):
+    """The session's session.json is a whole run record: the seed and weight decay it ran with, the torch
+    version it ran under, and the command line that started it."""
+    import torch
+
+    record = json.loads((Path(session) / "session.json").read_text())
+    assert record["seed"] == seed and record["weight_decay"] == weight_decay, record
+    assert record["environment"]["torch"] == torch.__version__
+    command = record["command"]
+    assert command[command.index("--seed") + 1] == str(seed), command
+    return record

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from filtergraft.session import read_jsonl
-from helpers import one_error_line, run_script, start_script
+from helpers import assert_run_record, one_error_line, run_script, start_script
 
 SCRIPT = "grafting_cifar/grafting.py"
 DIGITS = ("--dataset", "digits", "--model", "resnet20", "--workers", "0", "--batch-size", "256")
@@ -38,7 +38,8 @@ def test_baseline_writes_the_session_files(baseline):
     assert last["epoch"] == 2 and {"net", "optimizer", "scheduler", "best_acc", "rng"} <= set(last)
     log = (session / "1.log").read_text()
     assert "epoch 2/2" in log and "epoch 2/2" in result.stdout
-    assert json.loads((session / "session.json").read_text())["model"] == "resnet20"
+    assert json.loads((session / "session.json").read_text())["arch"] == "resnet20"
+    assert_run_record(session, seed=3, weight_decay=5e-4)
 
 
 def test_seed_makes_a_run_repeatable(baseline, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from filtergraft.cli import add_grafting_flags, graft_settings
+from filtergraft.cli import add_grafting_flags, grafting_record
 from filtergraft.dist_exchange import flatten, header, layout_of, refusal, unflatten
 from filtergraft.errors import UserError
 from helpers import PYTHON, REPO, one_error_line, run_script, run_shell, script_env
@@ -285,7 +285,7 @@ def test_bad_input(tmp_path, monkeypatch):
     add_grafting_flags(parser)
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(UserError, match="needs the torchrun environment"):
-        graft_settings(parser.parse_args(["--exchange", "dist", "--num", "2"]))
+        grafting_record(parser.parse_args(["--exchange", "dist", "--num", "2"]))
     env = script_env(RANK=0, WORLD_SIZE=2)
     line = one_error_line(run_script(SCRIPT, "--exchange", "dist", "--num", "3", "--s", tmp_path / "b", env=env))
     assert "--num 3 does not match the 2 processes torchrun started" in line
@@ -297,4 +297,4 @@ def test_bad_input(tmp_path, monkeypatch):
 def test_file_exchange_stays_the_default():
     parser = argparse.ArgumentParser()
     add_grafting_flags(parser)
-    assert graft_settings(parser.parse_args([])).exchange == "file"
+    assert grafting_record(parser.parse_args([])).exchange == "file"

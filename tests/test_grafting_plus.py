@@ -14,7 +14,7 @@ from filtergraft.distill import DistillationLoss, load_teacher
 from filtergraft.engine import LRSchedule, Trainer, sgd
 from filtergraft.models import create_model
 from filtergraft.session import Session, network_files, read_jsonl
-from helpers import one_error_line, run_script, start_script
+from helpers import assert_run_record, one_error_line, run_script, start_script
 
 SCRIPT = "grafting_plus/grafting+.py"
 ANALYSIS = "grafting_plus/filter_analysis.py"
@@ -118,6 +118,7 @@ def test_two_students_graft_and_distill(teacher, tmp_path):
     config = json.loads((session / "session.json").read_text())
     assert config["script"] == "grafting_plus" and config["T"] == 2.0
     assert config["teachers"] == [{"arch": "resnet20", "checkpoint": str(teacher)}]
+    assert_run_record(session, seed=1, weight_decay=5e-4)
     assert "teacher resnet20" in (session / "1.log").read_text()
     assert hashlib.sha256(teacher.read_bytes()).hexdigest() == digest
 

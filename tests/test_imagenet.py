@@ -19,7 +19,7 @@ from filtergraft.data import digits_arrays
 from filtergraft.errors import UserError
 from filtergraft.grafting import graft_units
 from filtergraft.session import read_jsonl
-from helpers import REPO, one_error_line, run_script, run_shell, script_env
+from helpers import REPO, assert_run_record, one_error_line, run_script, run_shell, script_env
 
 SCRIPT = "grafting_imagenet/grafting.py"
 # Small crops keep a ResNet18 epoch over 40 images at a few seconds on one CPU thread.
@@ -79,6 +79,7 @@ def test_two_resnet18s_graft_through_grafting_sh(ring):
     config = json.loads((session / "session.json").read_text())
     assert (config["script"], config["arch"], config["num"], config["num_classes"]) == ("grafting_imagenet",
                                                                                        "resnet18", 2, 10)
+    assert_run_record(session, seed=0, weight_decay=1e-4)
     for index, peer in ((1, 2), (2, 1)):
         [line] = metrics(session, index)
         assert {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc5", "best_acc",

@@ -10,7 +10,7 @@ from filtergraft.models.stripe_resnet import StripeResNet56
 from filtergraft.rng import seed_everything
 from filtergraft.session import read_jsonl
 from filtergraft.stripe import FilterStripe
-from helpers import PYTHON, one_error_line, run_script, script_env
+from helpers import PYTHON, assert_run_record, one_error_line, run_script, script_env
 
 SCRIPT = "stripe_pruning/main.py"
 
@@ -39,6 +39,7 @@ def test_pruning_removes_flops_and_keeps_accuracy(pruned_run):
     assert metrics[0]["epoch"] == 1 and 0 < metrics[0]["stripes_kept"] < 1
     for name in ("best.pth.tar", "pruned.pth.tar", "pruned.pt2", "train.log"):
         assert (save / name).exists()
+    assert_run_record(save, seed=0, weight_decay=1e-4)
 
 
 def test_exported_network_runs_without_this_project(pruned_run):
@@ -69,10 +70,14 @@ def test_freeze_weights_keeps_conv_weights_byte_identical(tmp_path):
 BAD = [(("--sr", "1e-5"), "--sr and --threshold go together"),
        (("--threshold", "0.01"), "--sr and --threshold go together"),
        (("--sr", "-1", "--threshold", "0.01"), "must be non-negative"),
-       (("--arch", "ResNet50"), "invalid choice: 'ResNet50'")]
+       (("--arch", "ResNet50"), "invalid choice: 'ResNet50'"),
+       # library errors name this script's flags, not the CIFAR script's --cifar and --data
+       (("--num_classes", "20"), "--num_classes must be 10 or 100, not 20"),
+       (("--dataset", "imagefolder", "--data_path", "/missing"), "--data_path /missing is not a directory")]
 
 
-@pytest.mark.parametrize("flags,message", BAD, ids=["sr-alone", "threshold-alone", "negative", "arch"])
+@pytest.mark.parametrize("flags,message", BAD, ids=["sr-alone", "threshold-alone", "negative", "arch", "classes",
+                                                   "data-path"])
 def test_bad_input_is_one_clear_line(tmp_path, flags, message):
     result = run_script(SCRIPT, "--dataset", "fake", "--epochs", 1, "--save", tmp_path / "s", *flags)
     assert message in one_error_line(result)

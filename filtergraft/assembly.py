@@ -1,0 +1,133 @@
+"""From a run record and a method script's own pieces to a ready Trainer: seed, data, model, session
+directory, loaders, optimizer, schedule, speed options and the point it resumes from.
+
+Every method script goes through `build_trainer`; what is specific to a script reaches it as callables
+(how to make its datasets and its model, its training objective, its step after backward), so the order
+in which random numbers are drawn, files are written and mistakes are refused is the same everywhere:
+nothing is written before the data, the model and a checkpoint to resume from have all been checked.
+"""
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_matching
+from .data import check_cifar_like, cifar_like_datasets, describe_loader, make_loaders
+from .engine import LRSchedule, Trainer, cross_entropy_loss, difflr, resolve_device, sgd
+from .errors import UserError
+from .models import create_model, model_names
+from .record import environment
+from .rng import seed_everything
+from .session import Session, network_files
+
+
+def network_seed(record):
+    """Network i's seed in a grafting session: --seed + i, or None for a fresh random one."""
+    return None if record.seed is None else record.seed + record.index
+
+
+def speed_options(record, device):
+    """Trainer keyword arguments for the speed flags, checked against the device."""
+    if record.amp and device.type != "cuda":
+        raise UserError("--amp (bfloat16 autocast) needs a CUDA device; drop --amp on the CPU")
+    if record.compile is not None:
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if record.compile not in backends:
+            raise UserError(f"--compile {record.compile}: unknown backend; choose one of: {', '.join(backends)}")
+    return {"amp": bool(record.amp), "channels_last": bool(record.channels_last), "compile": record.compile}
+
+
+def network_lr(record):
+    """The initial learning rate of this network: --lr, or its --difflr share of it."""
+    return difflr(record.lr, record.index, record.num) if record.difflr else record.lr
+
+
+def _resume_point(record, files, model, meta):
+    """(state, source, resume own files): what the run continues from. `--resume` alone (or 'last')
+    continues the session's own last checkpoint; a path elsewhere starts a new session from that
+    checkpoint, which is checked (and refused with one line) before anything is written."""
+    own = Path(record.session_dir) / files.last
+    if not record.resume:
+        return None, None, False
+    if record.resume is True or record.resume == "last":
+        return None, None, True
+    path = Path(record.resume)
+    if path.resolve() != own.resolve() and own.exists():
+        raise UserError(f"--resume {path}: {record.session_dir} already holds this network's own run "
+                        f"({files.last}); continue that with --resume alone, or choose another directory")
+    state = load_matching(path, model, meta, True, f"--resume {path}")
+    if state["epoch"] >= record.epochs:
+        raise UserError(f"--resume {path} has finished all {record.epochs} epochs (it is at epoch "
+                        f"{state['epoch']}); raise --epochs to train longer")
+    if record.start_epoch not in (None, state["epoch"] + 1):
+        raise UserError(f"--start-epoch {record.start_epoch} disagrees with --resume {path}, which continues "
+                        f"at epoch {state['epoch'] + 1}; drop --start-epoch")
+    return state, path, path.resolve() == own.resolve()
+
+
+def _check_start_epoch(record):
+    if record.start_epoch is not None and not 1 <= record.start_epoch <= record.epochs:
+        raise UserError(f"--start-epoch must be between 1 and --epochs ({record.epochs}), not {record.start_epoch}")
+
+
+def build_trainer(record, *, datasets, build_model, files, seed, loss_for_device=None, after_backward=None,
+                  topk=(1,), describe=""):
+    """The Trainer of the run `record` describes, its session directory opened and its record written.
+
+    `datasets()` gives (train, test) datasets; `build_model(num_classes)` the model on the CPU (num_classes
+    from the record, or from the training set's classes when the record has none); `loss_for_device(device)`
+    the training objective (cross entropy by default); `seed` is drawn from before the model is built;
+    `topk` the accuracies evaluated (those above the class count left out); `describe` ends the first log line. A resumed run is at its checkpoint's next epoch on return."""
+    _check_start_epoch(record)
+    device = resolve_device(record.device)
+    speed = speed_options(record, device)
+    if seed is not None:
+        seed_everything(seed)
+    train_set, test_set = datasets()
+    if record.num_classes is None:
+        record.num_classes = len(train_set.classes)
+    model = build_model(record.num_classes)
+    meta = {"arch": record.arch, "num_classes": record.num_classes}
+    state, source, own = _resume_point(record, files, model, meta)
+    record.environment = environment([device])
+    session = Session(record.session_dir, files, record=record, resume=own)
+    model.to(device)
+    train_loader, test_loader, generator = make_loaders(
+        train_set, test_set, record.batch_size, record.workers, seed, pin_memory=device.type == "cuda",
+        loader=record.loader, device=device)
+    lr = network_lr(record)
+    schedule = LRSchedule(record.epochs, len(train_loader), cosine=record.cos, milestones=record.milestones or ())
+    loss_fn = loss_for_device(device) if loss_for_device is not None else cross_entropy_loss
+    trainer = Trainer(model, sgd(model, lr, record.momentum, record.weight_decay), train_loader, test_loader,
+                      session, device=device, epochs=record.epochs, schedule=schedule, loss_fn=loss_fn,
+                      print_freq=record.print_freq, topk=tuple(k for k in topk if k <= record.num_classes),
+                      after_backward=after_backward, generator=generator,
+                      meta=meta, **speed)
+    ring = f", network {record.index}/{record.num}" if record.in_ring else ""
+    session.log(f"{record.arch} on {record.dataset} ({record.num_classes} classes, {len(train_set)} train / "
+                f"{len(test_set)} test images){ring}, {sum(p.numel() for p in model.parameters()):,} parameters, "
+                f"lr {lr:g}, device {device}, {describe_loader(train_loader)} data pipeline, torch "
+                f"{torch.__version__}" + (f", {describe}" if describe else ""))
+    if own:
+        trainer.resume()
+    elif state is not None:
+        trainer.resume(state, source=source)
+    elif record.start_epoch is not None:
+        trainer.start_at(record.start_epoch)
+    return trainer
+
+
+def check_cifar_network(record):
+    """The CIFAR-style scripts' early checks (before teachers load or anything is written): dataset,
+    class count and architecture."""
+    check_cifar_like(record.dataset, record.num_classes)
+    if record.arch not in model_names():
+        create_model(record.arch)  # raises the error listing the valid names
+
+
+def cifar_trainer(record, loss_for_device=None, describe=""):
+    """build_trainer for network --i of a CIFAR-style grafting session (grafting_cifar, grafting_plus)."""
+    check_cifar_network(record)
+    return build_trainer(record, datasets=lambda: cifar_like_datasets(record.dataset, record.data, record.num_classes),
+                         build_model=lambda num_classes: create_model(record.arch, num_classes),
+                         files=network_files(record.index), seed=network_seed(record),
+                         loss_for_device=loss_for_device, describe=describe)
