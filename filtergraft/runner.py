@@ -4,64 +4,39 @@ import contextlib
 import signal
 import time
 import traceback
-from dataclasses import dataclass
-from pathlib import Path
 
-from .dist_exchange import DistRingExchange
 from .errors import UserError
-from .exchange import RingExchange, announce_failure
 from .grafting import Grafter, graft_internal, graft_noise
+from .ring import announce_failure, open_ring
 
 SOURCES = ("external", "noise", "internal")
 LEVELS = ("layer", "filter")
-EXCHANGES = ("file", "dist")
-
-
-@dataclass
-class GraftSettings:
-    """How network `index` of `num` grafts (SPEC §3)."""
-
-    index: int = 1
-    num: int = 1
-    a: float = 0.4
-    c: float = 500.0
-    level: str = "layer"
-    criterion: str = "entropy"
-    source: str = "external"
-    noise_decay: float = 0.9
-    invalid_threshold: float = 0.1
-    timeout: float = 7200.0
-    heartbeat_timeout: float = 30.0
-    exchange: str = "file"  # file: <session>/exchange on a shared filesystem; dist: torch.distributed
-
-    @property
-    def uses_ring(self):
-        return self.source == "external" and self.num > 1
 
 
 class GraftHook:
-    """The end-of-epoch graft: publish, receive the predecessor's weights, graft; or a scion of its own."""
+    """The end-of-epoch graft of network `record` (a record.RunRecord, SPEC §3): publish, receive the
+    predecessor's weights through `exchange`, graft; or a scion of its own (record.source)."""
 
-    def __init__(self, model, settings, exchange=None):
+    def __init__(self, model, record, exchange=None):
         self.model = model
-        self.settings = settings
+        self.record = record
         self.exchange = exchange
-        self.grafter = Grafter(model, settings.a, settings.c, settings.criterion, settings.level)
+        self.grafter = Grafter(model, record.a, record.c, record.criterion, record.level)
 
     def __call__(self, epoch):
         start = time.perf_counter()
-        s = self.settings
-        if s.source == "noise":
-            entry = {"source": "noise", "layers": graft_noise(self.model, s.noise_decay ** epoch, s.invalid_threshold)}
-        elif s.source == "internal":
-            entry = {"source": "internal", "layers": graft_internal(self.model, s.invalid_threshold, s.a, s.c)}
+        r = self.record
+        if r.source == "noise":
+            entry = {"source": "noise", "layers": graft_noise(self.model, r.noise_decay ** epoch, r.invalid_threshold)}
+        elif r.source == "internal":
+            entry = {"source": "internal", "layers": graft_internal(self.model, r.invalid_threshold, r.a, r.c)}
         else:
             own = self.model.state_dict()
             self.exchange.publish(epoch, own)
             receiving = time.perf_counter()
             peer = self.exchange.receive(epoch, own)
             waited = time.perf_counter() - receiving
-            entry = {"peer": self.exchange.peer, "level": s.level, "layers": self.grafter.graft(peer)}
+            entry = {"peer": self.exchange.peer, "level": r.level, "layers": self.grafter.graft(peer)}
             entry["wait_time"] = waited
         entry["time"] = time.perf_counter() - start
         return {"graft": entry}
@@ -82,40 +57,34 @@ def _reason(err):
 
 
 @contextlib.contextmanager
-def failures_announced(args):
-    """Around a whole ring network's script (flags --s, --i, --num, --exchange): an error before the ring
-    starts (bad data, a refused resume) still leaves net<i>.failed, so the peers stop at once instead of
-    waiting for a network that never comes. The dist exchange has no files; torchrun reports its ranks."""
+def failures_announced(record):
+    """Around a whole network's script, given its run record: an error before the ring starts (bad data,
+    a refused resume) still leaves what the ring's backend needs (ring.announce_failure), so the peers
+    stop at once instead of waiting for a network that never comes."""
     try:
         yield
     except BaseException as err:
-        if args.num > 1 and getattr(args, "exchange", "file") == "file" and not isinstance(err, SystemExit):
-            announce_failure(Path(args.s) / "exchange", args.i, _reason(err))
+        if not isinstance(err, SystemExit):
+            announce_failure(record, _reason(err))
         raise
 
 
-def run_network(trainer, settings, resume=False, arch=None):
-    """Train `trainer`'s network as network `settings.index` of the session, grafting every epoch when
-    the session has peers or a scion source; any failure is logged and announced to the peers."""
+def run_network(trainer, record):
+    """Train `trainer`'s network as network record.index of the session (resuming first when
+    record.resume), grafting every epoch when the session has peers or a scion source; any failure is
+    logged and announced to the peers."""
     session = trainer.session
-    if resume:
+    if record.resume:
         trainer.resume()
-    grafting = settings.uses_ring or settings.source != "external"
-    exchange = None
-    if settings.uses_ring:
-        ring = dict(arch=arch, timeout=settings.timeout, heartbeat_timeout=settings.heartbeat_timeout,
-                    device=trainer.device, log=session.log)
-        if settings.exchange == "dist":
-            exchange = DistRingExchange(settings.index, settings.num, **ring)
-        else:
-            exchange = RingExchange(session.root / "exchange", settings.index, settings.num, **ring)
+    exchange = open_ring(record, arch=record.arch, device=trainer.device, log=session.log)
+    grafting = exchange is not None or record.source != "external"
+    if exchange is not None:
         trainer.check_abort = exchange.check
-        exchange.start()
-        session.log(f"network {settings.index}/{settings.num} grafts from network {exchange.peer} "
-                    f"({settings.level} level, {settings.criterion}, A={settings.a}, c={settings.c})")
+        session.log(f"network {record.index}/{record.num} grafts from network {exchange.peer} "
+                    f"({record.level} level, {record.criterion}, A={record.a}, c={record.c})")
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        trainer.fit(GraftHook(trainer.model, settings, exchange) if grafting else None)
+        trainer.fit(GraftHook(trainer.model, record, exchange) if grafting else None)
     except BaseException as err:
         session.log(f"error: {_reason(err)}", console=False)
         if not isinstance(err, (UserError, KeyboardInterrupt, SystemExit)):
@@ -127,6 +96,6 @@ def run_network(trainer, settings, resume=False, arch=None):
         signal.signal(signal.SIGTERM, previous)
     if exchange is not None:
         exchange.close()
-    session.log(f"network {settings.index} finished: best test accuracy {trainer.best_acc:.2f}%")
+    session.log(f"network {record.index} finished: best test accuracy {trainer.best_acc:.2f}%")
     session.close()
     return trainer.best_acc

@@ -13,8 +13,8 @@ import time
 import torch.distributed as dist
 import torchvision
 
-from filtergraft.dist_exchange import DistRingExchange
-from filtergraft.exchange import RingExchange
+from filtergraft.ring.dist import DistRingExchange
+from filtergraft.ring.files import RingExchange
 from filtergraft.grafting import Grafter
 from filtergraft.models import create_model
 

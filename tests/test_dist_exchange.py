@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from filtergraft.cli import add_grafting_flags, grafting_record
-from filtergraft.dist_exchange import flatten, header, layout_of, refusal, unflatten
+from filtergraft.ring.dist import flatten, header, layout_of, refusal, unflatten
 from filtergraft.errors import UserError
 from helpers import PYTHON, REPO, one_error_line, run_script, run_shell, script_env
 
@@ -201,7 +201,7 @@ def test_two_machines_killed_network_stops_the_other(tmp_path):
 
 DRIVER = """
 import os, sys, torch
-from filtergraft.dist_exchange import DistRingExchange
+from filtergraft.ring.dist import DistRingExchange
 from filtergraft.errors import UserError
 rank = int(os.environ["RANK"])
 state = torch.nn.Linear(4, 3 + 2 * rank).state_dict()  # network 1: 15 values, network 2: 25
@@ -248,7 +248,7 @@ def test_different_layouts_are_refused(tmp_path):
 
 SILENT_PEER = """
 import os, signal, sys, time
-from filtergraft.dist_exchange import DistRingExchange
+from filtergraft.ring.dist import DistRingExchange
 from filtergraft.errors import UserError
 rank = int(os.environ["RANK"])
 exchange = DistRingExchange(rank + 1, 2, heartbeat_timeout=2.0)

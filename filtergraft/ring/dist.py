@@ -1,6 +1,6 @@
 """The ring exchange over torch.distributed, for networks started by torchrun (no shared filesystem needed).
 
-Same interface as exchange.RingExchange. Network i = RANK + 1 sends its pre-graft weights to network i + 1
+Same interface as files.RingExchange. Network i = RANK + 1 sends its pre-graft weights to network i + 1
 and receives network i − 1's in one point-to-point transfer of one flat buffer (NCCL on GPUs, gloo on the
 CPU). torchrun's store (the TCP key-value store every worker can reach) carries the rest:
 
@@ -15,20 +15,17 @@ it lasts as long as the copy itself, and every other wait is a bounded poll that
 import hashlib
 import json
 import os
-import socket
 import sys
-import threading
 import time
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
-from .exchange import ExchangeError, RingMember, _pid_alive
+from ..errors import UserError
+from .base import PeerWatch, RingMember, where
 
 POLL_SECONDS = 0.005
-HEARTBEAT_SECONDS = 0.5
 STORE_TIMEOUT = 30.0
 
 
@@ -115,24 +112,32 @@ def refusal(theirs, mine, peer, index):
 class DistRingExchange(RingMember):
     """The ring over torch.distributed; network `index` is RANK + 1 of WORLD_SIZE."""
 
+    # a store round trip is cheap and the peer is usually close behind: poll at a steady pace
+    POLL_DELAYS = (POLL_SECONDS, POLL_SECONDS)
+
     def __init__(self, index, num, **settings):
         super().__init__(index, num, **settings)
-        self.host = socket.gethostname()
-        self._failure = None
-        self._stop = threading.Event()
-        self._thread = None
         self._address = None
         self._store = None
+        self._watch_store = None
         self._peers = {}
+        self._watches = {}
         self._owns_group = False
         self._send = None
         self._received = None
-        self._gave_up = False
 
-    def _error(self, message):
-        """An ExchangeError to raise, remembering that this network stopped on its own account."""
-        self._gave_up = True
-        return ExchangeError(message)
+    @classmethod
+    def place(cls, record):
+        """Number network `record` as torchrun does: rank r is network r + 1 of WORLD_SIZE; with several
+        visible GPUs and no device of its own, rank r uses GPU LOCAL_RANK."""
+        rank, world = torchrun_rank()
+        if record.num != world:
+            raise UserError(f"--num {record.num} does not match the {world} processes torchrun started "
+                            f"(WORLD_SIZE); pass --num {world}")
+        record.index, record.num = rank + 1, world
+        count = torch.cuda.device_count()
+        if record.device is None and count > 1:
+            record.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % count}"
 
     # -- the store ---------------------------------------------------------------------------------
 
@@ -179,7 +184,7 @@ class DistRingExchange(RingMember):
         self._store.append("events", "")
         self._store.add("started", 1)
         self._wait_for_everyone()
-        others = [j for j in range(1, self.num + 1) if j != me]
+        others = self.others()
         infos = self._store.multi_get([f"pid/{j}" for j in others])
         self._peers = {j: json.loads(info) for j, info in zip(others, infos)}
         if not dist.is_initialized():
@@ -194,8 +199,7 @@ class DistRingExchange(RingMember):
                                              else torch.cuda.current_device())
         else:
             self._comm_device = torch.device("cpu")
-        self._thread = threading.Thread(target=self._watch_loop, name="dist-ring-watch", daemon=True)
-        self._thread.start()
+        self._start_watching("dist-ring-watch")
         return self
 
     def _wait_for_everyone(self):
@@ -222,59 +226,47 @@ class DistRingExchange(RingMember):
                         key=lambda e: e["outside"])
         return f"network {failed[0]['index']} failed: {failed[0]['reason']}" if failed else None
 
-    def _find_failure(self, store, beats_seen):
+    def _find_failure(self, store, watches):
         """A one-line reason when another network failed, died or went silent, else None. A network that
         died without a word comes first: it is the cause, and those stopped because of it speak after it.
-        `beats_seen` maps network -> (last heartbeat count, monotonic time it last changed)."""
+        `watches` maps each other network to its PeerWatch, whose heartbeat is its beat/<j> counter."""
         events = self._events(store)
         spoke = {event["index"] for event in events}
         now = time.monotonic()
-        for j, info in self._peers.items():
+        for j, watch in watches.items():
             if j in spoke:
                 continue
-            beat = int(store.add(f"beat/{j}", 0))
-            if beats_seen.get(j, (None,))[0] != beat:
-                beats_seen[j] = (beat, now)
-            where = f"pid {info['pid']} on {info['host']}"
-            if info["host"] == self.host and not _pid_alive(info["pid"]):
-                return f"network {j} ({where}) stopped without finishing"
-            silent = now - beats_seen[j][1]
+            watch.beat(int(store.add(f"beat/{j}", 0)), now)
+            if self.local_liveness(watch.info) is False:
+                return self.stopped(j, watch.info)
+            silent = watch.silent(now)
             if silent > self.heartbeat_timeout:
-                return f"network {j} ({where}) sent no heartbeat for {silent:.0f}s"
+                return f"network {j} ({where(watch.info)}) sent no heartbeat for {silent:.0f}s"
         return self._failed_event(events)
 
+    def _new_watches(self):
+        return {j: PeerWatch(j, info) for j, info in self._peers.items()}
+
     def _watch_loop(self):
-        beats_seen = {}
+        """Watch through a store client of the watcher's own (the main thread's may be in a call)."""
         try:
-            store = self._connect()
+            self._watch_store = self._connect()
         except (RuntimeError, ValueError) as err:
             self._failure = f"lost torchrun's store at {self._where()} ({_first_line(err)})"
             return
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                store.add(f"beat/{self.index}", 1)
-                failure = self._find_failure(store, beats_seen)
-            except (RuntimeError, ValueError) as err:
-                failure = f"lost torchrun's store at {self._where()} ({_first_line(err)}): its launcher stopped"
-            if failure is not None and self._failure is None:
-                self._failure = failure
+        self._watches = self._new_watches()
+        super()._watch_loop()
 
-    def check(self):
-        """Raise ExchangeError when the watcher found a failed or vanished network (cheap: one attribute)."""
-        if self._failure is not None:
-            raise self._error(f"network {self.index} stops: {self._failure}")
+    def _watch_once(self):
+        try:
+            self._watch_store.add(f"beat/{self.index}", 1)
+            return self._find_failure(self._watch_store, self._watches)
+        except (RuntimeError, ValueError) as err:
+            return f"lost torchrun's store at {self._where()} ({_first_line(err)}): its launcher stopped"
 
     def _poll(self, key, ready, deadline, what):
-        """The JSON value under `key` once ready(value); until then watch the peers and the deadline."""
-        while True:
-            value = json.loads(self._store.get(key))
-            if ready(value):
-                return value
-            self.check()
-            if time.monotonic() > deadline:
-                raise self._error(f"network {self.index} waited {self.timeout:.0f}s (--graft-timeout) for "
-                                  f"{what}; giving up")
-            time.sleep(POLL_SECONDS)
+        """The JSON value under `key` once ready(value), within the bounded wait."""
+        return self.wait_for(what, lambda: json.loads(self._store.get(key)), ready, deadline)
 
     # -- the exchange --------------------------------------------------------------------------------
 
@@ -315,7 +307,7 @@ class DistRingExchange(RingMember):
     def _look_for_failure(self):
         """One fresh look for a failed or vanished peer (the watcher's view may be half a second old)."""
         try:
-            return self._find_failure(self._store, {})
+            return self._find_failure(self._store, self._new_watches())
         except (RuntimeError, ValueError):
             return None
 
@@ -325,9 +317,7 @@ class DistRingExchange(RingMember):
         A network stopped from outside (the runner calls this while handling SystemExit from torchrun's
         SIGTERM, which torchrun sends to the others once one fails) names the network that failed first;
         after a Ctrl-C (KeyboardInterrupt) there is nothing to name."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2 * HEARTBEAT_SECONDS)
+        self._stop_watching()
         if self._store is None:
             return
         if error is None:
