@@ -36,15 +36,23 @@ gpu_for() {
     return 0
 }
 
-launch_ring() {
-    local script=$1 num=$2 dir=$3
-    shift 3
+# ring_launcher NUM: how a ring of NUM networks on this machine starts, the one reading of $EXCHANGE:
+# "torchrun" for dist with more than one network over all NNODES machines, else "processes" (file, or a
+# single network, which has nothing to exchange); an unknown EXCHANGE is an error.
+ring_launcher() {
     case "${EXCHANGE:-file}" in
-        file|dist) ;;
+        file) echo processes ;;
+        dist) if [ $(($1 * ${NNODES:-1})) -gt 1 ]; then echo torchrun; else echo processes; fi ;;
         *) echo "error: EXCHANGE must be file or dist, not '$EXCHANGE'" >&2; return 2 ;;
     esac
+}
+
+launch_ring() {
+    local script=$1 num=$2 dir=$3 launcher
+    shift 3
+    launcher=$(ring_launcher "$num") || return 2
     mkdir -p "$dir" || return 1
-    if [ "${EXCHANGE:-file}" = dist ] && [ $((num * ${NNODES:-1})) -gt 1 ]; then
+    if [ "$launcher" = torchrun ]; then
         launch_torchrun "$script" "$num" "$dir" "$@"
         return
     fi
