@@ -1,4 +1,4 @@
-"""One network of a grafting session, end to end: resume, train, graft at the end of every epoch through
+"""One network of a grafting session, end to end: train, graft at the end of every epoch through
 the ring exchange (or from a noise / internal scion), and leave a marker for the others on the way out."""
 import contextlib
 import signal
@@ -70,12 +70,10 @@ def failures_announced(record):
 
 
 def run_network(trainer, record):
-    """Train `trainer`'s network as network record.index of the session (resuming first when
-    record.resume), grafting every epoch when the session has peers or a scion source; any failure is
-    logged and announced to the peers."""
+    """Train `trainer`'s network (assembled, and resumed, by assembly.build_trainer) as network
+    record.index of the session, grafting every epoch when the session has peers or a scion source; any
+    failure is logged and announced to the peers."""
     session = trainer.session
-    if record.resume:
-        trainer.resume()
     exchange = open_ring(record, arch=record.arch, device=trainer.device, log=session.log)
     grafting = exchange is not None or record.source != "external"
     if exchange is not None:
