@@ -1,9 +1,5 @@
-"""Stripe-wise pruning (SPEC §5): Filter Skeleton layers, skeleton update, pruning, stripe-wise inference.
-
-A K×K filter of a `FilterStripe` conv is K·K stripes (1×1 filters over all input channels), each
-scaled by one entry of the Filter Skeleton FS. Training drives FS entries to zero (`update_skeleton`);
-`prune` then turns the masked network into one whose `StripeConv` layers store and compute only the
-kept stripes, with the BatchNorm folded in.
+"""Stripe-wise inference (SPEC §5): `StripeConv`, which stores and computes only the kept stripes, and the
+choice between its stripe-wise and dense forms.
 
 Memory layouts in a pruned network: a `StripeConv` in stripe mode works on channel-major (C, B, H, W)
 memory and returns its (B, N, H, W) result as a transposed view of such memory, so consecutive stripe
@@ -11,7 +7,6 @@ layers hand each other activations without copies; in dense mode it runs oneDNN'
 conv. Every module still sees ordinary (B, C, H, W) shapes, so any layout flows through any module.
 """
 import contextlib
-import functools
 import math
 import time
 from typing import NamedTuple
@@ -19,9 +14,10 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import UserError
+# CHUNK_BYTES is a setting of the package (filtergraft.stripe.CHUNK_BYTES), read on every forward so that
+# setting it there takes effect; this import, made while the package initialises, binds the package only.
+from .. import stripe as package
 
 MODES = ("stripe", "dense")
 
@@ -30,110 +26,6 @@ MODES = ("stripe", "dense")
 # when it skips enough of the dense work and C is large enough for its GEMM to run near full speed.
 STRIPE_MAX_DENSITY = 0.5
 STRIPE_MIN_CHANNELS = 32
-
-# Eager stripe-mode forwards process the batch in chunks whose per-chunk working set (inputs, stripe
-# outputs, outputs) stays about this size, so the stripe outputs are re-read from cache, not memory.
-CHUNK_BYTES = 8 << 20
-
-
-# ----------------------------------------------------------------------------- training-time layers
-
-
-class FilterStripe(nn.Module):
-    """K×K conv with a Filter Skeleton: y = conv(x, W ⊙ FS[:, None]), W: N×C×K×K, FS: N×K×K."""
-
-    def __init__(self, in_ch, out_ch, kernel_size=3, stride=1, padding=1):
-        super().__init__()
-        self.in_channels, self.out_channels = in_ch, out_ch
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.weight = nn.Parameter(torch.empty(out_ch, in_ch, kernel_size, kernel_size))
-        self.FS = nn.Parameter(torch.ones(out_ch, kernel_size, kernel_size))
-        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x):
-        return F.conv2d(x, self.weight * self.FS[:, None], stride=self.stride, padding=self.padding)
-
-    def stripe_mask(self):
-        """Kept stripes, N×K×K: FS ≠ 0."""
-        return self.FS.detach() != 0
-
-    def masked_weight(self):
-        """The effective kernel W ⊙ FS[:, None], detached."""
-        return (self.weight * self.FS[:, None]).detach()
-
-    def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}")
-
-
-def stripe_batchnorm(num_features):
-    """The BatchNorm after a FilterStripe: γ = 0.5, β = 0 (SPEC §5)."""
-    bn = nn.BatchNorm2d(num_features)
-    nn.init.constant_(bn.weight, 0.5)
-    nn.init.zeros_(bn.bias)
-    return bn
-
-
-def stripe_classifier(in_features, num_classes):
-    """The classifier of a stripe network: W ~ N(0, 0.01), b = 0 (SPEC §5)."""
-    fc = nn.Linear(in_features, num_classes)
-    nn.init.normal_(fc.weight, 0.0, 0.01)
-    nn.init.zeros_(fc.bias)
-    return fc
-
-
-def stripe_pairs(model):
-    """The (FilterStripe, BatchNorm2d that follows it) pairs of a stripe model, in forward order."""
-    if not hasattr(model, "stripe_pairs"):
-        raise TypeError(f"{type(model).__name__} does not list its FilterStripe/BatchNorm pairs "
-                        "(it needs a stripe_pairs() method)")
-    return model.stripe_pairs()
-
-
-# ----------------------------------------------------------------------------- skeleton update
-
-
-@torch.no_grad()
-def update_skeleton(model, sr, threshold):
-    """Sparsity step between backward and optimizer.step: FS.grad += sr·sign(FS), then threshold_skeleton."""
-    skeletons = [conv.FS for conv, _ in stripe_pairs(model)]
-    grads = [fs.grad for fs in skeletons]
-    if any(g is None for g in grads):
-        raise RuntimeError("update_skeleton runs after loss.backward(): a Filter Skeleton has no gradient")
-    torch._foreach_add_(grads, torch._foreach_sign(skeletons), alpha=sr)
-    threshold_skeleton(model, threshold)
-
-
-@torch.no_grad()
-def threshold_skeleton(model, threshold):
-    """Project onto the pruned skeleton: FS ← FS·[|FS| > t]; γ, β ← 0 for filters with no stripe left.
-
-    Gradients of everything zeroed are zeroed too. Runs as a handful of batched tensor ops with no
-    host synchronisation.
-    """
-    pairs = stripe_pairs(model)
-    skeletons = [conv.FS for conv, _ in pairs]
-    # keep = 1 where |FS| > t, else 0, computed as max(sign(|FS| - t), 0) to stay in batched ops.
-    keep = torch._foreach_abs(skeletons)
-    torch._foreach_sub_(keep, threshold)
-    torch._foreach_sign_(keep)
-    torch._foreach_clamp_min_(keep, 0.0)
-    _multiply_with_grads(skeletons, keep)
-    alive = [k.flatten(1).amax(1) for k in keep]
-    bn_params = [p for _, bn in pairs for p in (bn.weight, bn.bias)]
-    _multiply_with_grads(bn_params, [a for a in alive for _ in range(2)])
-
-
-def _multiply_with_grads(params, factors):
-    """p ← p·f and p.grad ← p.grad·f for each pair, skipping missing gradients."""
-    torch._foreach_mul_(params, factors)
-    with_grad = [(p.grad, f) for p, f in zip(params, factors) if p.grad is not None]
-    if with_grad:
-        grads, grad_factors = zip(*with_grad)
-        torch._foreach_mul_(list(grads), list(grad_factors))
-
-
-# ----------------------------------------------------------------------------- stripe-wise inference
 
 
 class _Group(NamedTuple):
@@ -272,7 +164,7 @@ class StripeConv(nn.Module):
         if torch.compiler.is_exporting() or device.type != "cpu":
             return [(0, batch)]
         per_image = (chans + self.num_stripes + self.out_channels) * plane * self.weight.element_size()
-        step = max(1, CHUNK_BYTES // max(per_image, 1))
+        step = max(1, package.CHUNK_BYTES // max(per_image, 1))
         return [(b0, min(batch, b0 + step)) for b0 in range(0, batch, step)]
 
     def _stripe_chunk(self, x_cm, r_cm, ho, wo):
@@ -374,38 +266,6 @@ def default_mode(conv):
     return "stripe" if density <= STRIPE_MAX_DENSITY and wide else "dense"
 
 
-# ----------------------------------------------------------------------------- pruning
-
-
-@functools.singledispatch
-def prune(model) -> nn.Module:
-    """The stripe-wise network of a trained stripe model (SPEC §5), in eval mode; same outputs in eval.
-
-    Each model module registers its own rule (filtergraft.models.stripe_vgg / stripe_resnet).
-    """
-    raise TypeError(f"no stripe-wise pruning rule for {type(model).__name__}")
-
-
-@torch.no_grad()
-def fold_batchnorm(weight, bn):
-    """Fold eval-mode BN into a bias-free conv: W' = W·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε)."""
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-    return weight * scale.view(-1, *([1] * (weight.dim() - 1))), bn.bias.detach() - bn.running_mean * scale
-
-
-def require_silent_removal(bias, alive, name):
-    """Removing an empty filter is exact only if it outputs relu(b') = 0; say how to fix it otherwise."""
-    loud = (~alive) & (bias > 0)
-    if loud.any():
-        raise UserError(
-            f"{name}: {int(loud.sum())} filter(s) have no stripe left but their BatchNorm outputs a "
-            "positive constant, so removing them would change the network; run "
-            "threshold_skeleton(model, threshold) (it zeroes their γ and β) before pruning")
-
-
-# ----------------------------------------------------------------------------- stripe / dense choice
-
-
 def stripe_convs(model):
     """(name, StripeConv) for every StripeConv in `model`."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, StripeConv)]
@@ -485,45 +345,3 @@ def stripe_summary(pruned):
               for n, m in stripe_convs(pruned)]
     counts = {mode: sum(layer["mode"] == mode for layer in layers) for mode in MODES}
     return {**counts, "layers": layers}
-
-
-# ----------------------------------------------------------------------------- counting and export
-
-
-def count_params(model):
-    """Stored parameters, Filter Skeletons excluded (training-only; pruning folds them into weights)."""
-    skeletons = {id(m.FS) for m in model.modules() if isinstance(m, FilterStripe)}
-    return sum(p.numel() for p in model.parameters() if id(p) not in skeletons)
-
-
-def count_flops(model, input_size):
-    """FLOPs (FlopCounterMode: 2 per multiply-add) of one eval forward of a batch of one input_size."""
-    was_training = model.training
-    model.eval()
-    param = next(model.parameters())
-    x = torch.zeros(1, *input_size, dtype=param.dtype, device=param.device)
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
-    return counter.get_total_flops()
-
-
-def stripe_flops(pruned, input_size):
-    """FLOPs of the stripe-wise network: every StripeConv counted over its kept stripes only."""
-    with forced_mode(pruned, "stripe"):
-        return count_flops(pruned, input_size)
-
-
-def export_pruned(pruned, path, example_input):
-    """torch.export the pruned network with a dynamic batch dimension and save it to `path`."""
-    pruned.eval()
-    # A batch of 1 would be specialised to the constant 1, so trace with at least two samples.
-    if example_input.shape[0] < 2:
-        example_input = example_input.expand(2, *example_input.shape[1:]).contiguous()
-    batch = torch.export.Dim("batch", min=1)
-    with torch.no_grad():
-        program = torch.export.export(pruned, (example_input,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, path)
-    return program

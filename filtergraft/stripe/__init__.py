@@ -1,0 +1,28 @@
+"""Stripe-wise pruning (SPEC §5): Filter Skeleton layers, skeleton update, pruning, stripe-wise inference.
+
+A K×K filter of a `FilterStripe` conv is K·K stripes (1×1 filters over all input channels), each
+scaled by one entry of the Filter Skeleton FS. Training drives FS entries to zero (`update_skeleton`);
+`prune` then turns the masked network into one whose `StripeConv` layers store and compute only the
+kept stripes, with the BatchNorm folded in.
+
+Modules: `skeleton` (training-time layers and the skeleton update), `conv` (StripeConv and the
+dense / stripe-wise choice), `pruning` (exact pruning, BatchNorm folding, export), `count` (parameters
+and FLOPs). Every public name is importable from this package.
+"""
+from .conv import (MODES, STRIPE_MAX_DENSITY, STRIPE_MIN_CHANNELS, ChannelMajorMaxPool, StripeConv,
+                   choose_modes, default_mode, forced_mode, stripe_convs, stripe_summary)
+from .count import count_flops, count_params, stripe_flops
+from .pruning import export_pruned, fold_batchnorm, prune, require_silent_removal
+from .skeleton import (FilterStripe, stripe_batchnorm, stripe_classifier, stripe_pairs, threshold_skeleton,
+                       update_skeleton)
+
+# Eager stripe-mode forwards process the batch in chunks whose per-chunk working set (inputs, stripe
+# outputs, outputs) stays about this size, so the stripe outputs are re-read from cache, not memory.
+# StripeConv reads it here on every forward, so setting filtergraft.stripe.CHUNK_BYTES takes effect.
+CHUNK_BYTES = 8 << 20
+
+__all__ = ["CHUNK_BYTES", "MODES", "STRIPE_MAX_DENSITY", "STRIPE_MIN_CHANNELS", "ChannelMajorMaxPool",
+           "FilterStripe", "StripeConv", "choose_modes", "count_flops", "count_params", "default_mode",
+           "export_pruned", "fold_batchnorm", "forced_mode", "prune", "require_silent_removal",
+           "stripe_batchnorm", "stripe_classifier", "stripe_convs", "stripe_flops", "stripe_pairs",
+           "stripe_summary", "threshold_skeleton", "update_skeleton"]
