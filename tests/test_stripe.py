@@ -9,8 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from filtergraft.errors import UserError
-from filtergraft.models.stripe_resnet import (PadShortcut, ShortcutBlock, StripeResNet18,
-                                              StripeResNet56)
+from filtergraft.models.resnet_cifar import DownsampleA as PadShortcut
+from filtergraft.models.stripe_resnet import ShortcutBlock, StripeResNet18, StripeResNet56
 from filtergraft.models.stripe_vgg import StripeVGG
 from filtergraft.stripe import (FilterStripe, StripeConv, choose_modes, count_flops, count_params,
                                 export_pruned, forced_mode, prune, stripe_batchnorm, stripe_convs,

@@ -11,17 +11,8 @@ import torch.nn.functional as F
 
 from ..stripe import (FilterStripe, StripeConv, fold_batchnorm, prune, require_silent_removal,
                       stripe_batchnorm, stripe_classifier)
-
-
-class PadShortcut(nn.Module):
-    """Option-A shortcut: x[:, :, ::2, ::2] with `pad` zero channels added on each side."""
-
-    def __init__(self, pad):
-        super().__init__()
-        self.pad = pad
-
-    def forward(self, x):
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+from .registry import register_model
+from .resnet_cifar import DownsampleA
 
 
 class StripeBasicBlock(nn.Module):
@@ -59,7 +50,7 @@ class StripeResNet56(nn.Module):
         for stage, planes in enumerate((16, 32, 64)):
             for i in range(blocks_per_stage):
                 stride = 2 if stage > 0 and i == 0 else 1
-                shortcut = PadShortcut(planes // 4) if stride != 1 or in_planes != planes else None
+                shortcut = DownsampleA(in_planes, planes) if stride != 1 or in_planes != planes else None
                 blocks.append(StripeBasicBlock(in_planes, planes, stride, shortcut))
                 in_planes = planes
         self.layers = nn.Sequential(*blocks)
@@ -170,7 +161,9 @@ def _pruned_shortcut(shortcut):
     """The shortcut of a pruned block: identity, option A, or a 1×1 conv with its BN folded."""
     if isinstance(shortcut, nn.Sequential):
         return _folded_conv(shortcut[0], shortcut[1])
-    return PadShortcut(shortcut.pad) if isinstance(shortcut, PadShortcut) else nn.Identity()
+    if isinstance(shortcut, DownsampleA):
+        return DownsampleA(shortcut.in_planes, shortcut.out_planes)
+    return nn.Identity()
 
 
 def _prune_block(block, name):
@@ -196,9 +189,16 @@ def _shortcut_block(shortcut, const):
 
     Block inputs are ReLU outputs in both ResNets, so a parameter-free shortcut passes values ≥ 0.
     """
-    if isinstance(shortcut, (nn.Identity, PadShortcut)) and not const.any():
+    if isinstance(shortcut, (nn.Identity, DownsampleA)) and not const.any():
         return shortcut
     return ShortcutBlock(shortcut, const)
+
+
+def _copied_linear(fc):
+    """A new nn.Linear with the weights of `fc`, on its device."""
+    copy = nn.Linear(fc.in_features, fc.out_features)
+    copy.load_state_dict(fc.state_dict())
+    return copy.to(fc.weight.device)
 
 
 def _pruned_blocks(model):
@@ -210,10 +210,7 @@ def _pruned_blocks(model):
 def _prune_resnet56(model: StripeResNet56) -> nn.Module:
     """Stem kept whole (it feeds the residual stream), blocks pruned, classifier unchanged."""
     stem = _stripe_conv(model.conv1, model.bn1)
-    blocks = _pruned_blocks(model)
-    fc = nn.Linear(model.linear.in_features, model.linear.out_features)
-    fc.load_state_dict(model.linear.state_dict())
-    return PrunedResNet(stem, blocks, fc.to(model.linear.weight.device)).eval()
+    return PrunedResNet(stem, _pruned_blocks(model), _copied_linear(model.linear)).eval()
 
 
 @prune.register
@@ -221,7 +218,16 @@ def _prune_resnet18(model: StripeResNet18) -> nn.Module:
     """Plain 7×7 stem with its BN folded, blocks pruned, classifier unchanged."""
     stem = nn.Sequential(_folded_conv(model.conv1, model.bn1), nn.ReLU(),
                          nn.MaxPool2d(model.maxpool.kernel_size, model.maxpool.stride, model.maxpool.padding))
-    blocks = _pruned_blocks(model)
-    fc = nn.Linear(model.fc.in_features, model.fc.out_features)
-    fc.load_state_dict(model.fc.state_dict())
-    return PrunedResNet(stem, blocks, fc.to(model.fc.weight.device)).eval()
+    return PrunedResNet(stem, _pruned_blocks(model), _copied_linear(model.fc)).eval()
+
+
+@register_model(aliases=("ResNet56",), kind="stripe")
+def stripe_resnet56(num_classes=10):
+    """StripeResNet56: the stripe-wise release's `ResNet56`."""
+    return StripeResNet56(num_classes)
+
+
+@register_model(aliases=("ResNet18",), kind="stripe")
+def stripe_resnet18(num_classes=1000):
+    """StripeResNet18 (ImageNet): the stripe-wise release's `ResNet18`."""
+    return StripeResNet18(num_classes)

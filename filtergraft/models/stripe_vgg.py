@@ -4,24 +4,22 @@ import torch.nn as nn
 
 from ..stripe import (ChannelMajorMaxPool, FilterStripe, StripeConv, fold_batchnorm, prune,
                       require_silent_removal, stripe_batchnorm, stripe_classifier)
+from .registry import register_model
+from .vgg import CFGS, vgg_features
 
-VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+def _stripe_bn_relu(in_ch, out_ch):
+    """FilterStripe 3×3 → BatchNorm (γ = 0.5) → ReLU."""
+    return [FilterStripe(in_ch, out_ch), stripe_batchnorm(out_ch), nn.ReLU(inplace=True)]
 
 
 class StripeVGG(nn.Module):
     """VGG16 (CIFAR): [FilterStripe 3×3 → BN → ReLU]×13 with 5 max-pools down to 1×1, then Linear."""
 
-    def __init__(self, num_classes=10, cfg=VGG16):
+    def __init__(self, num_classes=10, cfg=CFGS["vgg16"]):
         super().__init__()
-        layers, in_ch = [], 3
-        for item in cfg:
-            if item == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [FilterStripe(in_ch, item), stripe_batchnorm(item), nn.ReLU(inplace=True)]
-                in_ch = item
-        self.features = nn.Sequential(*layers)
-        self.classifier = stripe_classifier(in_ch, num_classes)
+        self.features, width = vgg_features(cfg, _stripe_bn_relu)
+        self.classifier = stripe_classifier(width, num_classes)
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -58,3 +56,9 @@ def _prune_vgg(model: StripeVGG) -> nn.Module:
         classifier.weight.copy_(fc.weight[:, kept_in])
         classifier.bias.copy_(fc.bias)
     return nn.Sequential(*layers, nn.Flatten(1), classifier).eval()
+
+
+@register_model(aliases=("VGG",), kind="stripe")
+def stripe_vgg16(num_classes=10):
+    """StripeVGG: the stripe-wise release's `VGG`, 14.76M parameters for 10 classes (skeletons included)."""
+    return StripeVGG(num_classes)

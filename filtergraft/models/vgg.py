@@ -9,14 +9,33 @@ import torch.nn as nn
 
 from .registry import register_model
 
+# Widths of the 3x3 convs and "M" for each 2x2 max pool; the stripe-wise VGG16 uses "vgg16" too.
 CFGS = {
-    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-              512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512, "M"],
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"),
 }
+
+
+def vgg_features(cfg, conv_layers):
+    """The flat `features` Sequential of `cfg` and its output width; conv_layers(in, out) lists a width's layers."""
+    layers = []
+    in_planes = 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += conv_layers(in_planes, v)
+            in_planes = v
+    return nn.Sequential(*layers), in_planes
+
+
+def _conv_bn_relu(in_planes, planes):
+    """Conv2d(3x3, bias) -> BatchNorm2d -> ReLU."""
+    return [nn.Conv2d(in_planes, planes, 3, padding=1), nn.BatchNorm2d(planes), nn.ReLU()]
 
 
 class VGG(nn.Module):
@@ -24,16 +43,8 @@ class VGG(nn.Module):
 
     def __init__(self, cfg, num_classes=10):
         super().__init__()
-        layers = []
-        in_planes = 3
-        for v in cfg:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(in_planes, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]
-                in_planes = v
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(in_planes, num_classes)
+        self.features, width = vgg_features(cfg, _conv_bn_relu)
+        self.classifier = nn.Linear(width, num_classes)
 
     def forward(self, x):
         return self.classifier(self.features(x).flatten(1))
