@@ -1,4 +1,4 @@
-"""Training-time stripe layers (SPEC §5): the Filter Skeleton conv, its BatchNorm and classifier, the skeleton update.
+"""Training-time stripe layers (SPEC §5): Filter Skeleton conv, its BatchNorm and classifier, skeleton update.
 
 A K×K filter of a `FilterStripe` conv is K·K stripes (1×1 filters over all input channels), each
 scaled by one entry of the Filter Skeleton FS; `update_skeleton` drives FS entries to zero.
