@@ -9,29 +9,24 @@ pruned.pt2 (torch.export, dynamic batch size: torch.export.load(path).module()(x
 """
 import argparse
 import functools
-import json
-
-import torch
 
 from filtergraft import cli
 from filtergraft.assembly import build_trainer
-from filtergraft.checkpoint import atomic_save, load_checkpoint, state_dict_of
+from filtergraft.checkpoint import load_checkpoint, state_dict_of
 from filtergraft.data import DATASETS, cifar_like_datasets, image_folder_datasets
-from filtergraft.engine import evaluate
 from filtergraft.errors import FlagError, UserError, exit_on_user_error
-from filtergraft.models import canonical_model_name, create_model
+from filtergraft.models import create_model, model_names
 from filtergraft.record import RunRecord
-from filtergraft.session import PRUNE_REPORT, PRUNED_CHECKPOINT, PRUNED_PROGRAM, SINGLE_RUN_FILES
-from filtergraft.stripe import (FilterStripe, choose_modes, count_flops, count_params, export_pruned, prune,
-                                stripe_flops, threshold_skeleton, update_skeleton)
+from filtergraft.session import SINGLE_RUN_FILES
+from filtergraft.stripe import update_skeleton
+from filtergraft.stripe.report import freeze_conv_weights, kept_stripes, prune_and_report
 
-# The release's names of the architectures (its --arch), as the model registry knows them.
-ARCHS = ("VGG", "ResNet56", "ResNet18")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description="Stripe-wise pruning with a learnable Filter Skeleton")
-    parser.add_argument("--arch", choices=ARCHS, default="VGG")
+    parser.add_argument("--arch", choices=model_names("stripe", aliases=True), default="VGG",
+                        help="the release's VGG, ResNet56, ResNet18, or their registry names")
     parser.add_argument("--dataset", choices=(*DATASETS, "imagefolder"), default="cifar",
                         help="cifar, digits, fake, or imagefolder (--data_path holds train/ and val/)")
     parser.add_argument("--data_path", dest="data", default="../data")
@@ -59,8 +54,8 @@ def build_parser():
 
 
 def stripe_record(args):
-    """The checked run record: sr and threshold together, the registry's name of --arch, the release's
-    ×0.1 steps at 50 % and 75 % of the epochs."""
+    """The checked run record: sr and threshold together, the release's ×0.1 steps at 50 % and 75 % of the
+    epochs."""
     record = RunRecord.from_flags("stripe_pruning", args)
     cli.check_training(record)
     if (record.sr is None) != (record.threshold is None):
@@ -69,7 +64,6 @@ def stripe_record(args):
         raise UserError(f"--sr and --threshold must be non-negative, not {record.sr} and {record.threshold}")
     if record.num_classes < 2:
         raise FlagError("num_classes", f"{{flag}} must be at least 2, not {record.num_classes}")
-    record.arch = canonical_model_name(record.arch)
     record.milestones = [m for m in (record.epochs // 2, record.epochs * 3 // 4) if m > 0]
     return record
 
@@ -84,60 +78,11 @@ def datasets_for(record):
     return cifar_like_datasets(record.dataset, record.data, record.num_classes)
 
 
-def freeze_conv_weights(model):
-    """Shape-only training: no gradient for the FilterStripe weights, only for their skeletons."""
-    for module in model.modules():
-        if isinstance(module, FilterStripe):
-            module.weight.requires_grad_(False)
-
-
-def kept_stripes(model, threshold, epoch):
-    """End-of-epoch metrics: the share of skeleton entries that pruning would keep (|FS| > threshold)."""
-    skeletons = [m.FS.detach() for m in model.modules() if isinstance(m, FilterStripe)]
-    kept = sum(int((fs.abs() > (threshold or 0.0)).sum()) for fs in skeletons)
-    return {"stripes_kept": kept / sum(fs.numel() for fs in skeletons)}
-
-
-def reduction(before, after):
-    return 100.0 * (before - after) / before
-
-
-def prune_best(record, trainer, session, input_size):
-    """Load the best checkpoint, prune it, check and time it, and write pruned.pth.tar, prune.json and pruned.pt2."""
-    model = trainer.model
-    model.load_state_dict(state_dict_of(load_checkpoint(session.best_path, "best checkpoint")))
-    if record.threshold is not None:
-        threshold_skeleton(model, record.threshold)
-    masked = evaluate(model, trainer.test_loader, trainer.device, prefix="masked")
-    model.cpu().eval()
-    pruned = prune(model)
-    example = torch.randn(2, *input_size)
-    modes = choose_modes(pruned, example)
-    device = trainer.device
-    acc_pruned = evaluate(pruned.to(device), trainer.test_loader, device, prefix="pruned")["pruned_acc"]
-    pruned.cpu()
-    report = {"params": count_params(model), "params_pruned": count_params(pruned),
-              "flops": count_flops(model, input_size), "flops_pruned": stripe_flops(pruned, input_size),
-              "acc": masked["masked_acc"], "acc_pruned": acc_pruned, "input_size": list(input_size),
-              "stripe_layers": modes["stripe"], "dense_layers": modes["dense"], "layers": modes["layers"]}
-    report["params_reduction"] = reduction(report["params"], report["params_pruned"])
-    report["flops_reduction"] = reduction(report["flops"], report["flops_pruned"])
-    atomic_save({"model": pruned, "net": pruned.state_dict(), "arch": record.arch,
-                 "num_classes": record.num_classes, "acc": acc_pruned}, session.root / PRUNED_CHECKPOINT)
-    (session.root / PRUNE_REPORT).write_text(json.dumps(report, indent=1))
-    export_pruned(pruned, session.root / PRUNED_PROGRAM, example)
-    session.log(f"parameters {report['params']:,} -> {report['params_pruned']:,} "
-                f"(-{report['params_reduction']:.2f}%), FLOPs {report['flops']:,} -> {report['flops_pruned']:,} "
-                f"(-{report['flops_reduction']:.2f}%)")
-    session.log(f"accuracy {report['acc']:.2f}% masked, {acc_pruned:.2f}% stripe-wise; "
-                f"{modes['stripe']} layers stripe-wise, {modes['dense']} dense; files in {session.root}")
-
-
 def run(args):
     record = stripe_record(args)
 
     def build_model(num_classes):
-        model = create_model(record.arch, num_classes)
+        model = create_model(record.arch, num_classes, kind="stripe")
         if record.freeze_weights:
             freeze_conv_weights(model)
         return model
@@ -148,10 +93,12 @@ def run(args):
     trainer = build_trainer(record, datasets=lambda: datasets_for(record), build_model=build_model,
                             files=SINGLE_RUN_FILES, seed=record.seed, after_backward=after_backward,
                             describe=method + (", conv weights frozen" if record.freeze_weights else ""))
+    session = trainer.session
     trainer.fit(functools.partial(kept_stripes, trainer.model, record.threshold))
-    input_size = tuple(next(iter(trainer.test_loader))[0].shape[1:])
-    prune_best(record, trainer, trainer.session, input_size)
-    trainer.session.close()
+    trainer.model.load_state_dict(state_dict_of(load_checkpoint(session.best_path, "best checkpoint")))
+    prune_and_report(trainer.model, record.threshold, trainer.test_loader, trainer.device, session.root,
+                     trainer.meta, session.log)
+    session.close()
 
 
 def main(argv=None):
