@@ -11,7 +11,8 @@ import argparse
 import sys
 
 from filtergraft.errors import UserError, exit_on_user_error
-from filtergraft.report import find_sessions, markdown, write_csv
+from filtergraft.results.tables import markdown, write_csv
+from filtergraft.session import find_sessions
 
 PROG = "summarize.py"
 
@@ -43,7 +44,7 @@ def main(argv=None):
         raise UserError("none of the given directories is a readable session")
     plots = []
     if not args.no_plots:
-        from filtergraft.plots import write_plots  # matplotlib loads only when plotting
+        from filtergraft.results.plots import write_plots  # matplotlib and torch load only when plotting
 
         for session in everything:
             plots += write_plots(session, baselines)

@@ -1,6 +1,6 @@
-"""scripts/summarize.py and filtergraft.report/plots on real tiny sessions (fake data, ResNet20, 2 epochs): the
-table's numbers against the metrics files, the paper's numbers only for matching configurations, the plots,
-and broken or foreign directories reported instead of fatal."""
+"""scripts/summarize.py, filtergraft.session's reader and filtergraft.results on real tiny sessions (fake data,
+ResNet20, 2 epochs): the table's numbers against the metrics files, the paper's numbers only for matching
+configurations, the plots, and broken or foreign directories reported instead of fatal."""
 import csv
 import json
 import shutil
@@ -11,8 +11,10 @@ import pytest
 from matplotlib.image import imread
 
 from filtergraft.models import create_model
-from filtergraft.plots import filter_norms, graft_matrix
-from filtergraft.report import comparable_baselines, csv_rows, find_sessions, markdown, read_session
+from filtergraft.results.paper import comparable_baselines
+from filtergraft.results.plots import filter_norms, graft_matrix
+from filtergraft.results.tables import csv_rows, markdown
+from filtergraft.session import find_sessions, read_session
 from helpers import REPO, one_error_line, run_script, script_env, start_script
 
 SUMMARIZE = "scripts/summarize.py"
@@ -110,7 +112,7 @@ def test_a_directory_holding_sessions_stands_for_all_of_them(root, tmp_path):
     sessions, skipped = find_sessions([root])
     assert sorted(s.path.name for s in sessions) == ["baseline", "grafting"] and skipped == []
     baseline, grafting = sorted(sessions, key=lambda s: s.path.name)
-    other = variant(root / "baseline", tmp_path / "other", {"model": "resnet32"})
+    other = variant(root / "baseline", tmp_path / "other", {"arch": "resnet32"})
     assert comparable_baselines(grafting, [baseline, other, grafting]) == [baseline]
 
 
@@ -128,39 +130,39 @@ def variant(source, target, changes):
 
 CIFAR = {"dataset": "cifar"}
 MATCHING = [
-    ("grafting", dict(model="resnet32", num_classes=10, difflr=True, cos=True, **CIFAR), ["93.94"],
+    ("grafting", dict(arch="resnet32", num_classes=10, difflr=True, cos=True, **CIFAR), ["93.94"],
      "CIFAR grafting: ResNet32 C10 dlr"),
-    ("grafting", dict(model="resnet32", num_classes=10, **CIFAR), ["93.33"], "CIFAR grafting: ResNet32 C10 slr"),
-    ("grafting", dict(model="resnet110", num_classes=100, difflr=True, cos=True, **CIFAR), ["75.27"], "dlr"),
-    ("baseline", dict(model="resnet32", num_classes=10, **CIFAR), ["92.83"], "ResNet32 C10 baseline"),
-    ("baseline", dict(model="resnet56", num_classes=100, **CIFAR), ["71.55"], "ResNet56 C100 baseline"),
+    ("grafting", dict(arch="resnet32", num_classes=10, **CIFAR), ["93.33"], "CIFAR grafting: ResNet32 C10 slr"),
+    ("grafting", dict(arch="resnet110", num_classes=100, difflr=True, cos=True, **CIFAR), ["75.27"], "dlr"),
+    ("baseline", dict(arch="resnet32", num_classes=10, **CIFAR), ["92.83"], "ResNet32 C10 baseline"),
+    ("baseline", dict(arch="resnet56", num_classes=100, **CIFAR), ["71.55"], "ResNet56 C100 baseline"),
     # A number shared by two tables is shown once; a configuration in two tables gets both rows.
-    ("grafting", dict(model="mobilenetv2", num_classes=100, difflr=True, cos=True, **CIFAR), ["74.15"], "C100 dlr"),
-    ("grafting", dict(model="mobilenetv2", num_classes=10, **CIFAR), ["93.53", "92.94"], "scion sources"),
-    ("grafting", dict(model="mobilenetv2", num=4, num_classes=100, difflr=True, cos=True, **CIFAR), ["77.08"],
+    ("grafting", dict(arch="mobilenetv2", num_classes=100, difflr=True, cos=True, **CIFAR), ["74.15"], "C100 dlr"),
+    ("grafting", dict(arch="mobilenetv2", num_classes=10, **CIFAR), ["93.53", "92.94"], "scion sources"),
+    ("grafting", dict(arch="mobilenetv2", num=4, num_classes=100, difflr=True, cos=True, **CIFAR), ["77.08"],
      "MobileNetV2 networks (dlr): C100 N=4"),
-    ("baseline", dict(model="mobilenetv2", source="noise", num_classes=10, **CIFAR), ["92.51"], "noise"),
-    ("grafting", dict(model="vgg16", level="filter", num_classes=10, **CIFAR), ["94.26"], "filter level"),
-    ("grafting", dict(script="grafting_plus", model="resnet32", num_classes=100, teachers=[
+    ("baseline", dict(arch="mobilenetv2", source="noise", num_classes=10, **CIFAR), ["92.51"], "noise"),
+    ("grafting", dict(arch="vgg16", level="filter", num_classes=10, **CIFAR), ["94.26"], "filter level"),
+    ("grafting", dict(script="grafting_plus", arch="resnet32", num_classes=100, teachers=[
         {"arch": "resnet56", "checkpoint": "/t/best_1.t7"}], **CIFAR), ["72.69"], "ResNet56 → ResNet32 grafting+"),
-    ("baseline", dict(script="grafting_plus", model="mobilenetv2", num_classes=100, teachers=[
+    ("baseline", dict(script="grafting_plus", arch="mobilenetv2", num_classes=100, teachers=[
         {"arch": "resnet110", "checkpoint": "/t/best_1.t7"}], **CIFAR), ["74.98"], "distillation"),
-    ("grafting", dict(script="grafting_imagenet", model=None, dataset=None, arch="resnet18", num_classes=1000),
+    ("grafting", dict(script="grafting_imagenet", dataset="imagefolder", arch="resnet18", num_classes=1000),
      ["71.19"], "(top-5 90.01) [ImageNet: ResNet18 grafting]"),
 ]
 NOT_MATCHING = [
     ("grafting", {}),  # digits
-    ("grafting", dict(model="resnet20", num_classes=10, **CIFAR)),  # not in the paper
-    ("grafting", dict(model="resnet32", num_classes=10, difflr=True, **CIFAR)),  # neither slr nor dlr
-    ("grafting", dict(model="resnet32", num_classes=10, difflr=None, cos=None, **CIFAR)),  # flags not recorded
-    ("grafting", dict(model="resnet32", num_classes=10, criterion="l1", **CIFAR)),
-    ("grafting", dict(model="resnet32", num_classes=10, num=3, **CIFAR)),
-    ("baseline", dict(model="resnet32", num_classes=10, cos=True, **CIFAR)),
-    ("grafting", dict(model="resnet32", num_classes=100, dataset="fake")),
-    ("grafting", dict(script="grafting_imagenet", model=None, dataset=None, arch="resnet18", num_classes=1000,
+    ("grafting", dict(arch="resnet20", num_classes=10, **CIFAR)),  # not in the paper
+    ("grafting", dict(arch="resnet32", num_classes=10, difflr=True, **CIFAR)),  # neither slr nor dlr
+    ("grafting", dict(arch="resnet32", num_classes=10, difflr=None, cos=None, **CIFAR)),  # flags not recorded
+    ("grafting", dict(arch="resnet32", num_classes=10, criterion="l1", **CIFAR)),
+    ("grafting", dict(arch="resnet32", num_classes=10, num=3, **CIFAR)),
+    ("baseline", dict(arch="resnet32", num_classes=10, cos=True, **CIFAR)),
+    ("grafting", dict(arch="resnet32", num_classes=100, dataset="fake")),
+    ("grafting", dict(script="grafting_imagenet", dataset="imagefolder", arch="resnet18", num_classes=1000,
                       pretrained=True)),
-    ("grafting", dict(script="grafting_imagenet", model=None, dataset=None, arch="resnet18", num_classes=10)),
-    ("grafting", dict(script="grafting_plus", model="resnet32", num_classes=100, teachers=[
+    ("grafting", dict(script="grafting_imagenet", dataset="imagefolder", arch="resnet18", num_classes=10)),
+    ("grafting", dict(script="grafting_plus", arch="resnet32", num_classes=100, teachers=[
         {"arch": "resnet110", "checkpoint": "/t/best_1.t7"}], **CIFAR)),  # not the paper's teacher
 ]
 

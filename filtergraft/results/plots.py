@@ -1,6 +1,6 @@
-"""Figures of a session (PNG, drawn with matplotlib's Agg canvas, no display needed): test accuracy per
-epoch, the graft coefficient α and the entropy of every layer per epoch, and the histogram of the filter
-L1 norms of the best checkpoints, baseline beside grafting, as in the papers' figures."""
+"""Figures of a session (session.StoredSession; PNG, drawn with matplotlib's Agg canvas, no display needed):
+test accuracy per epoch, the graft coefficient α and the entropy of every layer per epoch, and the histogram
+of the filter L1 norms of the best checkpoints, baseline beside grafting, as in the papers' figures."""
 import math
 import re
 from pathlib import Path
@@ -10,10 +10,11 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .analysis import conv_weights, count_invalid_filters, filter_l1_norms
-from .checkpoint import load_checkpoint, state_dict_of
-from .errors import UserError
-from .report import comparable_baselines
+from ..analysis import conv_weights, count_invalid_filters, filter_l1_norms
+from ..checkpoint import load_checkpoint, state_dict_of
+from ..errors import UserError
+from ..session import PLOTS_DIR
+from .paper import comparable_baselines
 
 INVALID_THRESHOLD = 0.1  # the paper's threshold for an invalid filter (ResNet32, CIFAR-10)
 HIST_BINS = 60
@@ -169,12 +170,12 @@ def _save(fig, path):
 
 
 def write_plots(session, baselines=(), problems=None):
-    """Every figure that the session's files allow, into DIR/plots/, with the baselines of the same model,
-    data and classes beside it; returns the paths written. Files that cannot be read or written are added
-    to `problems` (a list) instead of raising."""
+    """Every figure that the session's files allow, into the session's PLOTS_DIR, with the baselines of the
+    same architecture, data and classes beside it; returns the paths written. Files that cannot be read or
+    written are added to `problems` (a list) instead of raising."""
     problems = session.problems if problems is None else problems
     baselines = comparable_baselines(session, baselines)
-    out = session.path / "plots"
+    out = session.path / PLOTS_DIR
     written = []
     figures = [
         lambda: plot_accuracy(session, baselines, out / "accuracy.png"),
