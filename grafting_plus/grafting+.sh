@@ -23,54 +23,21 @@ WORKERS=${WORKERS:-2}
 DATA=${DATA:-../data}
 S=${S:-checkpoint/grafting_plus_${TEACHER}_${STUDENT}_c${CIFAR}}
 TEACHER_S=${TEACHER_S:-$S/teacher}
-TEACHER_CKPT=$TEACHER_S/best_1.t7
 COMMON=(--dataset "$DATASET" --data "$DATA" --lr "$LR" --workers "$WORKERS")
 
-# metrics done DIR NUM: the fewest epochs any of the NUM networks of session DIR has finished (0: none).
-# metrics table ROOT TEACHER_DIR "NAME NUM"...: the table of best test accuracies of the rows under ROOT.
-# Plain json, no torch import (fast); a metrics line cut by a kill is skipped.
-metrics() {
-    "$PYTHON" - "$@" <<'EOF'
-import json, os, sys
-
-def records(path):
-    found = []
-    if os.path.exists(path):
-        for line in open(path):
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                pass
-    return found
-
-def best(path):
-    return max((r["test_acc"] for r in records(path) if "test_acc" in r), default=None)
-
-mode, args = sys.argv[1], sys.argv[2:]
-if mode == "done":
-    root, num = args[0], int(args[1])
-    print(min(max((r.get("epoch", 0) for r in records(os.path.join(root, f"metrics_{i}.jsonl"))), default=0)
-              for i in range(1, num + 1)))
-else:
-    root, teacher_root, rows = args[0], args[1], [r.split() for r in args[2:]]
-    teacher = best(os.path.join(teacher_root, "metrics_1.jsonl"))
-    print(f"teacher: {'-' if teacher is None else f'{teacher:.2f}'}")
-    width = max(int(num) for _, num in rows)
-    print("| method | " + " | ".join(f"net {i}" for i in range(1, width + 1)) + " | mean |")
-    print("|---" * (width + 2) + "|")
-    for name, num in rows:
-        accs = [best(os.path.join(root, name, f"metrics_{i}.jsonl")) for i in range(1, int(num) + 1)]
-        cells = ["-" if a is None else f"{a:.2f}" for a in accs] + [""] * (width - len(accs))
-        mean = "-" if None in accs else f"{sum(accs) / len(accs):.2f}"
-        print(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
-EOF
+# query done DIR NUM: the fewest epochs any of the NUM networks of session DIR has finished (0: none).
+# query table ROOT TEACHER_DIR "NAME NUM"...: the table of best test accuracies of the rows under ROOT.
+# query file DIR I KIND: the path of network I's KIND (log, metrics, best, last) in session DIR.
+query() {
+    "$PYTHON" -m filtergraft.results.launcher "$@"
 }
+TEACHER_CKPT=$(query file "$TEACHER_S" 1 best) || exit 1
 
 # run SCRIPT NUM DIR EPOCHS FLAGS...: launch_ring, skipped when done, resumed when cut short.
 run() {
     local script=$1 num=$2 dir=$3 epochs=$4 done
     shift 4
-    done=$(metrics done "$dir" "$num") || return 1
+    done=$(query done "$dir" "$num") || return 1
     if [ "$done" -ge "$epochs" ]; then
         echo "$dir: already trained for $done epochs, kept"
         return 0
@@ -82,7 +49,8 @@ run() {
 
 echo "== teacher $TEACHER ($TEACHER_S)"
 run "$REPO_ROOT/grafting_cifar/grafting.py" 1 "$TEACHER_S" "$TEACHER_EPOCHS" --model "$TEACHER" --cifar "$CIFAR" \
-    "${COMMON[@]}" && [ -f "$TEACHER_CKPT" ] || { echo "no trained teacher $TEACHER_CKPT; see $TEACHER_S/1.log"; exit 1; }
+    "${COMMON[@]}" && [ -f "$TEACHER_CKPT" ] ||
+    { echo "no trained teacher $TEACHER_CKPT; see $(query file "$TEACHER_S" 1 log)"; exit 1; }
 
 STUDENT_FLAGS=(--arch "$STUDENT" --num_classes "$CIFAR" "${COMMON[@]}")
 TEACHER_FLAGS=(--teacher_arch "$TEACHER" --teacher_dir "$TEACHER_CKPT" --T "$T")
@@ -99,5 +67,5 @@ done
 
 echo
 echo "Grafting+ $TEACHER -> $STUDENT, ${DATASET} with $CIFAR classes, best test accuracy (%):"
-metrics table "$S" "$TEACHER_S" "${ROWS[@]}"
+query table "$S" "$TEACHER_S" "${ROWS[@]}"
 exit $status

@@ -3,13 +3,12 @@
     python scripts/demo_table.py BASELINE_DIR GRAFTING_DIR [--threshold 10 15]
 """
 import argparse
-import json
 from pathlib import Path
 
 from filtergraft.analysis import count_invalid_filters
 from filtergraft.checkpoint import load_checkpoint, state_dict_of
-from filtergraft.errors import exit_on_user_error
-from filtergraft.session import read_jsonl
+from filtergraft.errors import UserError, exit_on_user_error
+from filtergraft.session import NotASession, read_session
 
 
 def parse_args(argv=None):
@@ -21,15 +20,19 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def network_rows(session, thresholds):
+def network_rows(path, thresholds):
     """(session, network, best, final, invalid counts...) for every network of a session directory."""
-    num = json.loads((session / "session.json").read_text())["num"]
+    try:
+        session = read_session(path)
+    except NotASession as err:
+        raise UserError(f"{path}: {err}") from None
     rows = []
-    for i in range(1, num + 1):
-        metrics = read_jsonl(session / f"metrics_{i}.jsonl")
-        state = state_dict_of(load_checkpoint(session / f"best_{i}.t7"))
+    for network in session.networks:
+        if network.best_path is None:
+            raise UserError(f"{path}: network {network.index} has no finished epoch or no best checkpoint")
+        state = state_dict_of(load_checkpoint(network.best_path))
         counts = [count_invalid_filters(state, t) for t in thresholds]
-        rows.append((session.name, i, metrics[-1]["best_acc"], metrics[-1]["test_acc"], counts))
+        rows.append((path.name, network.index, network.best, network.final, counts))
     return rows
 
 

@@ -1,0 +1,62 @@
+"""What the launch scripts ask of their session directories, read through filtergraft.session (which needs
+no torch, so that each call starts in well under a second):
+
+    python -m filtergraft.results.launcher done DIR NUM
+        the fewest epochs any of the NUM networks of session DIR has finished (0: none yet, or no DIR)
+    python -m filtergraft.results.launcher table ROOT TEACHER_DIR "NAME NUM"...
+        grafting+.sh's table: the best test accuracy of the teacher (network 1 of session TEACHER_DIR), then
+        of every network of each row (session ROOT/NAME, NUM networks) and the row's mean
+    python -m filtergraft.results.launcher file DIR I KIND
+        the path of network I's file KIND (log, metrics, best or last) in session DIR
+
+A metrics line cut short by a kill is skipped, as everywhere sessions are read.
+"""
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from ..session import SessionFiles, network_files, read_network
+
+FILE_KINDS = tuple(f.name for f in fields(SessionFiles))
+USAGE = 'usage: launcher.py done DIR NUM | table ROOT TEACHER_DIR "NAME NUM"... | file DIR I KIND'
+
+
+def _network(root, index):
+    return read_network(root, network_files(index), index, [])  # what is missing shows as no epochs
+
+
+def epochs_done(root, num):
+    """The fewest epochs any of the `num` networks of session `root` has finished."""
+    return min(_network(root, i).epochs for i in range(1, num + 1))
+
+
+def best_table(root, teacher_root, rows):
+    """The lines of grafting+.sh's table; `rows` are (name, number of networks) of sessions under `root`."""
+    teacher = _network(teacher_root, 1).best
+    lines = [f"teacher: {'-' if teacher is None else f'{teacher:.2f}'}"]
+    width = max(num for _, num in rows)
+    lines.append("| method | " + " | ".join(f"net {i}" for i in range(1, width + 1)) + " | mean |")
+    lines.append("|---" * (width + 2) + "|")
+    for name, num in rows:
+        accs = [_network(Path(root) / name, i).best for i in range(1, num + 1)]
+        cells = ["-" if a is None else f"{a:.2f}" for a in accs] + [""] * (width - len(accs))
+        mean = "-" if None in accs else f"{sum(accs) / len(accs):.2f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
+    return lines
+
+
+def main(argv):
+    mode, args = (argv[0], argv[1:]) if argv else (None, [])
+    if mode == "done" and len(args) == 2:
+        print(epochs_done(args[0], int(args[1])))
+    elif mode == "file" and len(args) == 3 and args[2] in FILE_KINDS:
+        print(f"{args[0]}/{getattr(network_files(int(args[1])), args[2])}")  # DIR as given, as the shell joins
+    elif mode == "table" and len(args) >= 3:
+        rows = [(name, int(num)) for name, num in (row.split() for row in args[2:])]
+        print("\n".join(best_table(args[0], args[1], rows)))
+    else:
+        sys.exit(USAGE)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
