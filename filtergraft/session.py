@@ -179,7 +179,7 @@ class Session:
 
     def load_last(self):
         state = _checkpoint().load_checkpoint(self.last_path, "--resume checkpoint")
-        if not isinstance(state, dict) or not {"net", "epoch", "optimizer"} <= set(state):
+        if not isinstance(state, dict) or not _checkpoint().RESUMABLE <= set(state):
             raise UserError(f"--resume: {self.last_path} is not a resumable checkpoint of this project")
         return state
 

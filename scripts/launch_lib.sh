@@ -47,6 +47,12 @@ ring_launcher() {
     esac
 }
 
+# session_file DIR I KIND...: the paths of network I's files of each KIND (log, console, metrics, best,
+# last) in session DIR, one a line, as filtergraft.session names them.
+session_file() {
+    "$PYTHON" -m filtergraft.results.launcher file "$@"
+}
+
 launch_ring() {
     local script=$1 num=$2 dir=$3 launcher
     shift 3
@@ -58,35 +64,37 @@ launch_ring() {
     fi
     local threads=$(( $(nproc) / num ))
     [ "$threads" -ge 1 ] || threads=1
-    local pids=() i gpu
+    local pids=() outs=() i gpu out log
     for i in $(seq 1 "$num"); do
+        { read -r out && read -r log; } < <(session_file "$dir" "$i" console log) || return 1
         gpu=$(gpu_for "$i")
         if [ -n "$gpu" ]; then
-            echo "network $i on GPU $gpu: $dir/$i.log"
-            CUDA_VISIBLE_DEVICES=$gpu "$PYTHON" "$script" --num "$num" --i "$i" --s "$dir" "$@" >"$dir/$i.out" 2>&1 &
+            echo "network $i on GPU $gpu: $log"
+            CUDA_VISIBLE_DEVICES=$gpu "$PYTHON" "$script" --num "$num" --i "$i" --s "$dir" "$@" >"$out" 2>&1 &
         else
-            echo "network $i on CPU ($threads threads): $dir/$i.log"
+            echo "network $i on CPU ($threads threads): $log"
             CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads} \
-                "$PYTHON" "$script" --num "$num" --i "$i" --s "$dir" "$@" >"$dir/$i.out" 2>&1 &
+                "$PYTHON" "$script" --num "$num" --i "$i" --s "$dir" "$@" >"$out" 2>&1 &
         fi
         pids+=($!)
+        outs+=("$out")
     done
     local status=0 rc
     for i in $(seq 1 "$num"); do
         wait "${pids[$((i - 1))]}"
         rc=$?
-        report_exit "$i" "$rc" "$dir"
+        report_exit "$i" "$rc" "${outs[$((i - 1))]}"
         [ "$rc" -eq 0 ] || status=1
     done
     return $status
 }
 
-# report_exit I RC DIR: one network's exit status, with the last line of its console when it failed.
+# report_exit I RC CONSOLE: one network's exit status, with the last line of its console when it failed.
 report_exit() {
     if [ "$2" -eq 0 ]; then
         echo "network $1: exit 0"
     else
-        echo "network $1: exit $2 ($(tail -n 1 "$3/$1.out" 2>/dev/null))"
+        echo "network $1: exit $2 ($(tail -n 1 "$3" 2>/dev/null))"
     fi
 }
 
@@ -96,7 +104,8 @@ report_exit() {
 dist_worker() {
     local status_dir=$1 dir=$2 threads=$3 python=$4
     shift 4
-    local i=$((RANK + 1)) gpu child rc
+    local i=$((RANK + 1)) gpu child rc out
+    out=$(PYTHON=$python session_file "$dir" "$i" console) || return 1
     gpu=$(gpu_for "$((LOCAL_RANK + 1))")
     if [ -n "$gpu" ]; then
         export CUDA_VISIBLE_DEVICES=$gpu
@@ -105,7 +114,7 @@ dist_worker() {
     fi
     trap ':' TERM INT
     # A background job would ignore SIGINT, and torchrun passes a Ctrl-C on as SIGINT.
-    ( trap - INT; exec "$python" "$@" >"$dir/$i.out" 2>&1 ) &
+    ( trap - INT; exec "$python" "$@" >"$out" 2>&1 ) &
     child=$!
     while kill -0 "$child" 2>/dev/null; do wait "$child"; done
     wait "$child"
@@ -140,7 +149,7 @@ launch_torchrun() {
     local status=$? i
     for i in $(seq $((node * num + 1)) $(((node + 1) * num))); do
         if [ -f "$status_dir/$i" ]; then
-            report_exit "$i" "$(cat "$status_dir/$i")" "$dir"
+            report_exit "$i" "$(cat "$status_dir/$i")" "$(session_file "$dir" "$i" console)"
         else
             echo "network $i: did not run to an exit status (see $dir/torchrun_node$node.out)"
         fi

@@ -6,8 +6,9 @@ no torch, so that each call starts in well under a second):
     python -m filtergraft.results.launcher table ROOT TEACHER_DIR "NAME NUM"...
         grafting+.sh's table: the best test accuracy of the teacher (network 1 of session TEACHER_DIR), then
         of every network of each row (session ROOT/NAME, NUM networks) and the row's mean
-    python -m filtergraft.results.launcher file DIR I KIND
-        the path of network I's file KIND (log, metrics, best or last) in session DIR
+    python -m filtergraft.results.launcher file DIR I KIND...
+        the path of network I's file of each KIND (log, metrics, best, last, or console: where a launcher
+        sends its output) in session DIR, one a line
 
 A metrics line cut short by a kill is skipped, as everywhere sessions are read.
 """
@@ -15,14 +16,19 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ..session import SessionFiles, network_files, read_network
+from ..session import SessionFiles, console_file, network_files, read_network
 
-FILE_KINDS = tuple(f.name for f in fields(SessionFiles))
-USAGE = 'usage: launcher.py done DIR NUM | table ROOT TEACHER_DIR "NAME NUM"... | file DIR I KIND'
+FILE_KINDS = (*(f.name for f in fields(SessionFiles)), "console")
+USAGE = 'usage: launcher.py done DIR NUM | table ROOT TEACHER_DIR "NAME NUM"... | file DIR I KIND...'
 
 
 def _network(root, index):
     return read_network(root, network_files(index), index, [])  # what is missing shows as no epochs
+
+
+def network_file(index, kind):
+    """The name of network `index`'s file of `kind` (one of FILE_KINDS) in its session directory."""
+    return console_file(index) if kind == "console" else getattr(network_files(index), kind)
 
 
 def epochs_done(root, num):
@@ -49,8 +55,8 @@ def main(argv):
     mode, args = (argv[0], argv[1:]) if argv else (None, [])
     if mode == "done" and len(args) == 2:
         print(epochs_done(args[0], int(args[1])))
-    elif mode == "file" and len(args) == 3 and args[2] in FILE_KINDS:
-        print(f"{args[0]}/{getattr(network_files(int(args[1])), args[2])}")  # DIR as given, as the shell joins
+    elif mode == "file" and len(args) >= 3 and set(args[2:]) <= set(FILE_KINDS):
+        print("\n".join(f"{args[0]}/{network_file(int(args[1]), kind)}" for kind in args[2:]))  # DIR as given
     elif mode == "table" and len(args) >= 3:
         rows = [(name, int(num)) for name, num in (row.split() for row in args[2:])]
         print("\n".join(best_table(args[0], args[1], rows)))
