@@ -14,7 +14,7 @@ from .checkpoint import load_matching
 from .data import check_cifar_like, cifar_like_datasets, describe_loader, make_loaders
 from .engine import LRSchedule, Trainer, cross_entropy_loss, difflr, resolve_device, sgd
 from .errors import UserError
-from .models import create_model, model_names
+from .models import canonical_model_name, create_model
 from .record import environment
 from .rng import seed_everything
 from .session import Session, network_files
@@ -76,7 +76,8 @@ def build_trainer(record, *, datasets, build_model, files, seed, loss_for_device
     `datasets()` gives (train, test) datasets; `build_model(num_classes)` the model on the CPU (num_classes
     from the record, or from the training set's classes when the record has none); `loss_for_device(device)`
     the training objective (cross entropy by default); `seed` is drawn from before the model is built;
-    `topk` the accuracies evaluated (those above the class count left out); `describe` ends the first log line. A resumed run is at its checkpoint's next epoch on return."""
+    `topk` the accuracies evaluated (those above the class count left out); `describe` ends the first log
+    line. A resumed run is at its checkpoint's next epoch on return."""
     _check_start_epoch(record)
     device = resolve_device(record.device)
     speed = speed_options(record, device)
@@ -100,17 +101,16 @@ def build_trainer(record, *, datasets, build_model, files, seed, loss_for_device
     trainer = Trainer(model, sgd(model, lr, record.momentum, record.weight_decay), train_loader, test_loader,
                       session, device=device, epochs=record.epochs, schedule=schedule, loss_fn=loss_fn,
                       print_freq=record.print_freq, topk=tuple(k for k in topk if k <= record.num_classes),
-                      after_backward=after_backward, generator=generator,
-                      meta=meta, **speed)
+                      after_backward=after_backward, generator=generator, meta=meta, **speed)
     ring = f", network {record.index}/{record.num}" if record.in_ring else ""
     session.log(f"{record.arch} on {record.dataset} ({record.num_classes} classes, {len(train_set)} train / "
                 f"{len(test_set)} test images){ring}, {sum(p.numel() for p in model.parameters()):,} parameters, "
                 f"lr {lr:g}, device {device}, {describe_loader(train_loader)} data pipeline, torch "
                 f"{torch.__version__}" + (f", {describe}" if describe else ""))
-    if own:
-        trainer.resume()
-    elif state is not None:
+    if state is not None:
         trainer.resume(state, source=source)
+    elif own:
+        trainer.resume()
     elif record.start_epoch is not None:
         trainer.start_at(record.start_epoch)
     return trainer
@@ -120,8 +120,7 @@ def check_cifar_network(record):
     """The CIFAR-style scripts' early checks (before teachers load or anything is written): dataset,
     class count and architecture."""
     check_cifar_like(record.dataset, record.num_classes)
-    if record.arch not in model_names():
-        create_model(record.arch)  # raises the error listing the valid names
+    canonical_model_name(record.arch)
 
 
 def cifar_trainer(record, loss_for_device=None, describe=""):
