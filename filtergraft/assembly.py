@@ -37,7 +37,9 @@ def speed_options(record, device):
 
 
 def network_lr(record):
-    """The initial learning rate of this network: --lr, or its --difflr share of it."""
+    """The initial learning rate of this network: --lr, its --difflr share of it, or its --lr-per-network."""
+    if record.lr_per_network:
+        return record.lr_per_network[record.index - 1]
     return difflr(record.lr, record.index, record.num) if record.difflr else record.lr
 
 

@@ -9,12 +9,15 @@ import sys
 
 from .engine import every
 from .errors import FlagError, UserError
-from .grafting import DEFAULT_A, DEFAULT_C
+from .grafting import DEFAULT_A, DEFAULT_C, ENTROPY_BINS
 from .record import RunRecord
 from .ring import EXCHANGES, place_in_ring
 from .runner import LEVELS, SOURCES
 from .data import DATASETS, LOADERS
 
+# Every script evaluates each epoch's network before it grafts, as the releases (SPEC §3); recorded so that
+# sessions of earlier versions, which evaluated after the graft, are told apart.
+EVAL_ORDER = "pre-graft"
 # The CIFAR grafting scripts' optimiser, as the release hard-codes it.
 CIFAR_MOMENTUM, CIFAR_WEIGHT_DECAY = 0.9, 5e-4
 
@@ -57,8 +60,20 @@ def add_grafting_flags(parser, resume_flag=True):
     g.add_argument("--cos", action="store_true", help="cosine learning rate, annealed every iteration")
     g.add_argument("--difflr", action="store_true",
                    help="network i starts at lr·(1 + cos(π·(num − i)/num))/2 instead of lr")
+    g.add_argument("--lr-per-network", type=positive(float), nargs="+", default=None, metavar="LR",
+                   help="network i starts at the i-th of these rates instead of --lr (the grafting+ release's "
+                        "launcher: 0.1 0.05)")
     g.add_argument("--level", choices=LEVELS, default="layer", help="graft whole layers or single filters")
     g.add_argument("--criterion", choices=("entropy", "l1"), default="entropy", help="information of a layer")
+    g.add_argument("--entropy-bins", choices=ENTROPY_BINS, default="release",
+                   help="release: the released code's histogram (half-open float32 bins, the maximum often in "
+                        "none); closed: every value in a bin, the maximum in the last, float64")
+    g.add_argument("--conv-only", action="store_true",
+                   help="graft only conv weights and the BatchNorms after them; conv biases and the classifier "
+                        "stay each network's own (the release's VGG script; always so at --level filter)")
+    g.add_argument("--eval-grafted", action="store_true",
+                   help="also evaluate the grafted network every epoch (test_acc_grafted); the reported "
+                        "accuracy and the best checkpoint stay the pre-graft network's, as the release")
     g.add_argument("--source", choices=SOURCES, default="external",
                    help="scion: the previous network (external), Gaussian noise, or the network itself")
     g.add_argument("--noise-decay", type=float, default=0.9,
@@ -75,6 +90,7 @@ def add_grafting_flags(parser, resume_flag=True):
     g.add_argument("--seed", type=int, default=None, help="network i uses seed + i")
     if resume_flag:
         g.add_argument("--resume", action="store_true", help="continue from the session's last_<i>.t7")
+    parser.set_defaults(eval_order=EVAL_ORDER)
     return g
 
 
@@ -88,6 +104,8 @@ def add_speed_flags(parser):
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     g.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the model (backend: inductor when not named; e.g. aot_eager, cudagraphs)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="PyTorch's deterministic algorithms, cuDNN autotuning off (default on CUDA: autotuned)")
     return g
 
 
@@ -113,6 +131,11 @@ def grafting_record(args, script=None):
         raise UserError("--level filter grafts between networks; use --num 2 or more")
     if not 0 < record.noise_decay < 1:
         raise UserError(f"--noise-decay must be between 0 and 1, not {record.noise_decay}")
+    if record.lr_per_network is not None and len(record.lr_per_network) != record.num:
+        raise UserError(f"--lr-per-network gives {len(record.lr_per_network)} rate(s) for --num {record.num} "
+                        f"networks; give one per network")
+    if record.lr_per_network is not None and record.difflr:
+        raise UserError("--lr-per-network and --difflr both set each network's rate; use one of them")
     if record.graft_timeout <= 0 or record.heartbeat_timeout <= 0:
         raise UserError("--graft-timeout and --heartbeat-timeout must be positive")
     if record.lr_step is not None and record.epochs is not None:

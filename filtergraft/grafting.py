@@ -13,6 +13,8 @@ BINS = 10
 # The papers' A and c of the coefficient α (SPEC §3), the defaults of every grafting script's --a and --c.
 DEFAULT_A = 0.4
 DEFAULT_C = 500.0
+# How layer_entropy bins: as the released code (the default) or corrected (SPEC §3).
+ENTROPY_BINS = ("release", "closed")
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 # Modules that pass channel j of their input to channel j of their output without mixing channels.

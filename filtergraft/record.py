@@ -21,8 +21,8 @@ RING_SCRIPTS = SCRIPTS[:3]  # one network of a grafting session each
 # The fields that say which run a session holds: every network of a session, and every later --resume of
 # it, must agree on them. The others (epochs, learning rate, workers, speed flags, the environment) may
 # change between a run and its resume.
-IDENTITY = ("script", "arch", "dataset", "num_classes", "num", "level", "criterion", "source", "difflr",
-            "cos", "teachers", "T", "sr", "threshold", "freeze_weights")
+IDENTITY = ("script", "arch", "dataset", "num_classes", "num", "level", "criterion", "entropy_bins", "conv_only",
+            "source", "difflr", "cos", "teachers", "T", "sr", "threshold", "freeze_weights")
 
 # Spellings that sessions written before the run record used, and the field each stands for.
 LEGACY_NAMES = {"model": "arch", "cifar": "num_classes", "s": "session_dir", "save": "session_dir",
@@ -59,8 +59,13 @@ class RunRecord:
     a: float = None
     c: float = None
     difflr: bool = False
+    lr_per_network: list = None
     level: str = None
     criterion: str = None
+    entropy_bins: str = None  # "release" (half-open float32 bins, SPEC §3) or "closed" (corrected)
+    conv_only: bool = None  # graft conv weights and their BatchNorms only (the release's VGG script)
+    eval_order: str = None  # "pre-graft" (the release's); sessions before it recorded nothing: "post-graft"
+    eval_grafted: bool = None
     source: str = None
     noise_decay: float = None
     invalid_threshold: float = None
@@ -88,6 +93,7 @@ class RunRecord:
     amp: bool = None
     channels_last: bool = None
     compile: str = None
+    deterministic: bool = None
     # where it ran
     environment: dict = field(default_factory=dict)
 

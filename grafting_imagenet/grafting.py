@@ -46,14 +46,17 @@ def build_parser():
     parser.add_argument("--pretrained", action="store_true",
                         help="start from torchvision's default weights (must already be in the torch hub cache)")
     parser.add_argument("--gpu", type=int, default=None, help="GPU id (default: the first GPU, else the CPU)")
-    parser.add_argument("--lr-step", type=cli.positive(int), default=30, help="step schedule: ×0.1 every N epochs")
+    parser.add_argument("--steplr", dest="cos", action="store_false",
+                        help="×0.1 every --lr-step epochs (the release's baseline script) instead of the grafting "
+                             "script's per-iteration cosine (the default; --cos is accepted)")
+    parser.add_argument("--lr-step", type=cli.positive(int), default=30, help="--steplr: ×0.1 every N epochs")
     parser.add_argument("--crop-size", type=cli.positive(int), default=None,
                         help=f"training and evaluation crop (default {CROP_SIZE}, or the pretrained weights')")
     parser.add_argument("--resize-size", type=cli.positive(int), default=None,
                         help=f"evaluation resize before the centre crop (default {RESIZE_SIZE}, or the weights')")
     cli.add_grafting_flags(parser, resume_flag=False)
     cli.add_speed_flags(parser)
-    parser.set_defaults(session_dir="checkpoint/grafting_imagenet", dataset="imagefolder")
+    parser.set_defaults(session_dir="checkpoint/grafting_imagenet", dataset="imagefolder", cos=True)
     return parser
 
 

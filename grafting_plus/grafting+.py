@@ -19,6 +19,8 @@ from filtergraft.errors import exit_on_user_error
 from filtergraft.models import model_names
 from filtergraft.runner import failures_announced, run_network
 
+GRAFTING_PLUS_C = 10.0  # the grafting+ release's --c (SPEC §4), not the grafting paper's 500
+
 
 def build_parser():
     parser = argparse.ArgumentParser(description="Grafting+ on CIFAR (one student of the ring, with teachers)")
@@ -32,6 +34,7 @@ def build_parser():
     cli.add_cifar_training_flags(parser)
     cli.add_grafting_flags(parser)
     cli.add_speed_flags(parser)
+    parser.set_defaults(c=GRAFTING_PLUS_C)
     return parser
 
 

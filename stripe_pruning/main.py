@@ -25,7 +25,7 @@ from filtergraft.stripe.report import freeze_conv_weights, kept_stripes, prune_a
 
 def build_parser():
     parser = argparse.ArgumentParser(description="Stripe-wise pruning with a learnable Filter Skeleton")
-    parser.add_argument("--arch", choices=model_names("stripe", aliases=True), default="VGG",
+    parser.add_argument("--arch", choices=model_names("stripe", aliases=True), default="ResNet56",
                         help="the release's VGG, ResNet56, ResNet18, or their registry names")
     parser.add_argument("--dataset", choices=(*DATASETS, "imagefolder"), default="cifar",
                         help="cifar, digits, fake, or imagefolder (--data_path holds train/ and val/)")
@@ -36,7 +36,7 @@ def build_parser():
     parser.add_argument("--lr", type=cli.positive(float), default=0.1, help="×0.1 at 50 %% and 75 %% of the epochs")
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=1, help="the release's default")
     parser.add_argument("--save", dest="session_dir", default="checkpoint/stripe", help="output directory")
     parser.add_argument("--sr", type=float, default=None, help="L1 strength on the Filter Skeleton (pruning)")
     parser.add_argument("--threshold", type=float, default=None, help="skeleton entries at or below it are pruned")
