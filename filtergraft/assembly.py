@@ -6,6 +6,7 @@ Every method script goes through `build_trainer`; what is specific to a script r
 in which random numbers are drawn, files are written and mistakes are refused is the same everywhere:
 nothing is written before the data, the model and a checkpoint to resume from have all been checked.
 """
+import os
 from pathlib import Path
 
 import torch
@@ -34,6 +35,19 @@ def speed_options(record, device):
         if record.compile not in backends:
             raise UserError(f"--compile {record.compile}: unknown backend; choose one of: {', '.join(backends)}")
     return {"amp": bool(record.amp), "channels_last": bool(record.channels_last), "compile": record.compile}
+
+
+def set_determinism(record, device, log):
+    """cuDNN autotuning on CUDA (the release's ImageNet scripts set cudnn.benchmark), or with
+    --deterministic PyTorch's deterministic algorithms and no autotuning, said in the log with its cost."""
+    if record.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        log("--deterministic: PyTorch's deterministic algorithms, cuDNN autotuning off; on CUDA convolutions "
+            "may run markedly slower, and an operation without a deterministic version stops the run")
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def network_lr(record):
@@ -104,6 +118,7 @@ def build_trainer(record, *, datasets, build_model, files, seed, loss_for_device
                       session, device=device, epochs=record.epochs, schedule=schedule, loss_fn=loss_fn,
                       print_freq=record.print_freq, topk=tuple(k for k in topk if k <= record.num_classes),
                       after_backward=after_backward, generator=generator, meta=meta, **speed)
+    set_determinism(record, device, session.log)
     ring = f", network {record.index}/{record.num}" if record.in_ring else ""
     session.log(f"{record.arch} on {record.dataset} ({record.num_classes} classes, {len(train_set)} train / "
                 f"{len(test_set)} test images){ring}, {sum(p.numel() for p in model.parameters()):,} parameters, "

@@ -95,8 +95,8 @@ def evaluate(model, loader, device, topk=(1,), prefix="test", amp=False, memory_
 
 
 class Trainer:
-    """Runs epochs of one network: train, an optional end-of-epoch hook (grafting), evaluate, then the
-    metrics line and the best/last checkpoints of its session."""
+    """Runs epochs of one network: train, evaluate, the best checkpoint, an optional end-of-epoch hook
+    (grafting), then the last checkpoint and the metrics line of its session."""
 
     def __init__(self, model, optimizer, train_loader, test_loader, session, *, device, epochs,
                  schedule, loss_fn=cross_entropy_loss, print_freq=50, topk=(1,), after_backward=None,
@@ -194,9 +194,12 @@ class Trainer:
         self.model.load_state_dict(net)
         self.optimizer.load_state_dict(state["optimizer"])
         if "scheduler" in state:
-            self.scheduler.load_state_dict(state["scheduler"])
-            # the iteration count is restored; the schedule itself is this run's (a longer --epochs extends it)
-            self.scheduler.lr_lambdas = [self.schedule] * len(self.optimizer.param_groups)
+            # The iteration count is restored; the schedule itself is this run's (a longer --epochs extends it,
+            # --steplr replaces a cosine), and so is the rate at that iteration. LambdaLR would copy the saved
+            # schedule's attributes onto ours (its lr_lambdas entries); None leaves ours as they are.
+            saved = {**state["scheduler"], "lr_lambdas": [None] * len(self.optimizer.param_groups)}
+            self.scheduler.load_state_dict(saved)
+            self._set_rate(self.scheduler.last_epoch)
         self.best_acc = state.get("best_acc", 0.0)
         if "rng" in state:
             set_rng_state(state["rng"], *([self.generator] if self.generator is not None else []))
@@ -210,12 +213,17 @@ class Trainer:
         done = (epoch - 1) * len(self.train_loader)
         self.start_epoch = epoch
         self.scheduler.last_epoch = done
+        self._set_rate(done)
+
+    def _set_rate(self, iteration):
+        """Every parameter group's learning rate as the schedule has it after `iteration` steps."""
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-            group["lr"] = base * self.schedule(done)
+            group["lr"] = base * self.schedule(iteration)
 
     def fit(self, epoch_end=None):
-        """Train from start_epoch to epochs. `epoch_end(epoch) -> dict` runs after each epoch's
-        training, before evaluation; what it returns goes into the metrics line."""
+        """Train from start_epoch to epochs. Each epoch, as the releases: train, evaluate (the reported
+        accuracy; the best checkpoint is this network), then `epoch_end(epoch) -> dict` (the graft, which
+        may change the weights; what it returns goes into the metrics line), then the last checkpoint."""
         if self.start_epoch == 1:
             self.session.sync_metrics(0)
         for epoch in range(self.start_epoch, self.epochs + 1):
@@ -223,20 +231,20 @@ class Trainer:
             lr = self.lr
             record = {"epoch": epoch, "lr": lr}
             record.update(self.train_epoch(epoch))
-            if epoch_end is not None:
-                record.update(epoch_end(epoch))
             record.update(self.evaluate())
-            is_best = record["test_acc"] > self.best_acc
-            self.best_acc = max(self.best_acc, record["test_acc"])
-            record["best_acc"] = self.best_acc
-            record["epoch_time"] = time.perf_counter() - start
-            if is_best:
+            if record["test_acc"] > self.best_acc:
+                self.best_acc = record["test_acc"]
                 self.session.save_best({"net": self.model.state_dict(), "acc": record["test_acc"],
                                         "epoch": epoch, **self.meta})
+            record["best_acc"] = self.best_acc
+            if epoch_end is not None:
+                record.update(epoch_end(epoch))
+            record["epoch_time"] = time.perf_counter() - start
             self.session.save_last({**self.last_checkpoint(epoch), "metrics": record})
             self.session.append_metrics(record)
+            grafted = f" grafted {record['test_acc_grafted']:.2f}%" if "test_acc_grafted" in record else ""
             self.session.log(f"epoch {epoch}/{self.epochs} lr {lr:.5f} | train loss "
                              f"{record['train_loss']:.4f} acc {record['train_acc']:.2f}% | test loss "
                              f"{record['test_loss']:.4f} acc {record['test_acc']:.2f}% "
-                             f"(best {self.best_acc:.2f}%) | {record['epoch_time']:.1f}s")
+                             f"(best {self.best_acc:.2f}%){grafted} | {record['epoch_time']:.1f}s")
         return self.best_acc

@@ -15,12 +15,14 @@ LEVELS = ("layer", "filter")
 
 class GraftHook:
     """The end-of-epoch graft of network `record` (a record.RunRecord, SPEC §3): publish, receive the
-    predecessor's weights through `exchange`, graft; or a scion of its own (record.source)."""
+    predecessor's weights through `exchange`, graft; or a scion of its own (record.source). With
+    `evaluate` (--eval-grafted), the grafted network is evaluated too (test_acc_grafted)."""
 
-    def __init__(self, model, record, exchange=None):
+    def __init__(self, model, record, exchange=None, evaluate=None):
         self.model = model
         self.record = record
         self.exchange = exchange
+        self.evaluate = evaluate
         self.grafter = Grafter(model, record.a, record.c, record.criterion, record.level)
 
     def __call__(self, epoch):
@@ -39,7 +41,10 @@ class GraftHook:
             entry = {"peer": self.exchange.peer, "level": r.level, "layers": self.grafter.graft(peer)}
             entry["wait_time"] = waited
         entry["time"] = time.perf_counter() - start
-        return {"graft": entry}
+        if self.evaluate is None:
+            return {"graft": entry}
+        grafted = self.evaluate()
+        return {"graft": entry, "test_loss_grafted": grafted["test_loss"], "test_acc_grafted": grafted["test_acc"]}
 
 
 def _raise_on_sigterm(signum, frame):
@@ -82,7 +87,8 @@ def run_network(trainer, record):
                     f"({record.level} level, {record.criterion}, A={record.a}, c={record.c})")
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        trainer.fit(GraftHook(trainer.model, record, exchange) if grafting else None)
+        evaluate = trainer.evaluate if record.eval_grafted else None
+        trainer.fit(GraftHook(trainer.model, record, exchange, evaluate) if grafting else None)
     except BaseException as err:
         session.log(f"error: {_reason(err)}", console=False)
         if not isinstance(err, (UserError, KeyboardInterrupt, SystemExit)):

@@ -261,6 +261,11 @@ class StoredNetwork:
         return (self.accuracies() or [None])[-1]
 
     @property
+    def grafted(self):
+        """The last epoch's accuracy of the network right after its graft (--eval-grafted), or None."""
+        return (self.accuracies("test_acc_grafted") or [None])[-1]
+
+    @property
     def best5(self):
         """Top-5 of the best top-1 epoch (ImageNet), or None."""
         scored = [r for r in self.records if "test_acc5" in r and "test_acc" in r]

@@ -5,7 +5,9 @@
 # and prints each row's best test accuracy per network and their mean.
 #   TEACHER=resnet56 STUDENT=resnet32 CIFAR=100 GPUS=0,1 ./grafting_plus/grafting+.sh --cos
 # Settings (environment): TEACHER (resnet56), STUDENT (resnet32), CIFAR (100), DATASET (cifar; digits
-# or fake run offline), EPOCHS (200), TEACHER_EPOCHS (EPOCHS), LR (0.1), T (2, the temperature),
+# or fake run offline), EPOCHS (200), TEACHER_EPOCHS (EPOCHS), LR (0.1: the teacher's and the one-student
+# rows' rate), STUDENT_LRS ("0.1 0.05": the two-student rows' rates, network 1 then 2, as the release's
+# launcher; empty: LR for both), T (2, the temperature),
 # WORKERS (2), DATA (../data), GPUS (all), S (checkpoint/grafting_plus_<TEACHER>_<STUDENT>_c<CIFAR>),
 # TEACHER_S (S/teacher: the teacher's session; its best_1.t7 is the teacher).
 # Flags given are passed to the four student rows. A row already trained is kept; one cut short resumes.
@@ -18,6 +20,7 @@ DATASET=${DATASET:-cifar}
 EPOCHS=${EPOCHS:-200}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-$EPOCHS}
 LR=${LR:-0.1}
+read -r -a LRS <<< "${STUDENT_LRS-0.1 0.05}"
 T=${T:-2}
 WORKERS=${WORKERS:-2}
 DATA=${DATA:-../data}
@@ -60,9 +63,10 @@ status=0
 for row in "${ROWS[@]}"; do
     read -r name num <<< "$row"
     echo "== $name: $num student(s)"
-    teacher=()
+    teacher=() rates=()
     case $name in distillation|grafting+) teacher=("${TEACHER_FLAGS[@]}") ;; esac
-    run "$SCRIPT" "$num" "$S/$name" "$EPOCHS" "${STUDENT_FLAGS[@]}" "${teacher[@]}" "$@" || status=1
+    [ "$num" -gt 1 ] && [ ${#LRS[@]} -gt 0 ] && rates=(--lr-per-network "${LRS[@]}")
+    run "$SCRIPT" "$num" "$S/$name" "$EPOCHS" "${STUDENT_FLAGS[@]}" "${rates[@]}" "${teacher[@]}" "$@" || status=1
 done
 
 echo

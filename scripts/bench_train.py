@@ -115,7 +115,7 @@ def pipelines(name, args, device, batch_size):
         return {"torchvision": DataLoader(dataset, batch_size, shuffle=True, num_workers=args.workers,
                                           persistent_workers=args.workers > 0, drop_last=True)}
     data, targets = random_images(args.images, 32)
-    dataset = ArrayImages(data, targets, cifar_transforms(10)[0])
+    dataset = ArrayImages(data, targets, cifar_transforms()[0])
     return {"torchvision": DataLoader(dataset, batch_size, shuffle=True, num_workers=args.workers,
                                       persistent_workers=args.workers > 0, drop_last=True),
             "tensor": TensorLoader(dataset, batch_size, device, train=True, generator=torch.Generator())}

@@ -140,7 +140,7 @@ def test_resume_from_a_path_continues_in_a_new_session(ring, folder, tmp_path):
     before = metrics(session, 1)[0]
     out = tmp_path / "continued"
     result = run_script(SCRIPT, "--data", folder, *SMALL, "--epochs", 2, "--resume", session / "last_1.t7",
-                        "--s", out)
+                        "--s", out, "--steplr")  # a flat rate, so that it says the schedule came along
     assert result.returncode == 0, result.stderr
     *earlier, line = metrics(out, 1)
     assert all(m["epoch"] < 2 for m in earlier)
@@ -149,6 +149,21 @@ def test_resume_from_a_path_continues_in_a_new_session(ring, folder, tmp_path):
     assert_top5_at_least_top1([line])
     assert f"resumed from {session / 'last_1.t7'}" in (out / "1.log").read_text()
     assert metrics(session, 1) == [before]
+
+
+@pytest.mark.parametrize("flags", [[], ["--steplr"]], ids=["cosine", "steplr"])
+def test_the_schedule_is_the_releases_cosine_unless_steplr(folder, tmp_path, flags):
+    """The release's grafting script anneals every iteration; --steplr keeps ×0.1 every 30 epochs."""
+    result = run_script(SCRIPT, "--data", folder, *SMALL, "--epochs", 2, "-p", 1, "--s", tmp_path, *flags)
+    assert result.returncode == 0, result.stderr
+    epochs = [m["lr"] for m in metrics(tmp_path, 1)]
+    steps = [float(line.rsplit("lr ", 1)[1]) for line in (tmp_path / "1.log").read_text().splitlines()
+             if line.startswith("epoch 1 [")]
+    assert epochs[0] == pytest.approx(0.01) and len(steps) == 3  # 40 images, batches of 16
+    if flags:
+        assert epochs[1] == pytest.approx(0.01) and steps == [pytest.approx(0.01)] * 3
+    else:
+        assert 0 < epochs[1] < epochs[0] and steps == sorted(steps, reverse=True) and steps[0] > steps[-1]
 
 
 def test_resume_continues_the_ring(ring, folder, tmp_path):

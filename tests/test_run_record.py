@@ -58,3 +58,32 @@ def test_errors_name_the_flag_of_the_script_that_was_run():
     parser.add_argument("--num_classes", type=int)
     with pytest.raises(UserError, match="^--num_classes must be 10 or 100, not 20$"):
         cli.run(parser, main, ["--num_classes", "20"])
+
+
+def test_a_resume_runs_this_runs_schedule_from_the_checkpoints_iteration(tmp_path):
+    """A cosine over 2 epochs, resumed with --epochs 4 (and then as steps): the rate at the start of epoch 3
+    is the new schedule's after 2 epochs' iterations, not the old schedule's end (0)."""
+    import math
+
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from filtergraft.engine import LRSchedule, Trainer, sgd
+    from filtergraft.models import create_model
+
+    gen = torch.Generator().manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.randn(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,),
+                                                                                                generator=gen)),
+                        batch_size=4)
+
+    def trainer(epochs, cosine, resume):
+        model = create_model("resnet20", 10)
+        session = Session(tmp_path, network_files(1), resume=resume)
+        return Trainer(model, sgd(model, 0.1), loader, loader, session, device=torch.device("cpu"), epochs=epochs,
+                       schedule=LRSchedule(epochs, len(loader), cosine=cosine))
+
+    trainer(2, True, False).fit()
+    for cosine, expected in ((True, 0.1 * 0.5 * (1 + math.cos(math.pi * 2 / 4))), (False, 0.1)):
+        resumed = trainer(4, cosine, True)
+        resumed.resume()
+        assert resumed.start_epoch == 3 and resumed.lr == pytest.approx(expected)

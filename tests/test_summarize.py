@@ -147,8 +147,8 @@ MATCHING = [
         {"arch": "resnet56", "checkpoint": "/t/best_1.t7"}], **CIFAR), ["72.69"], "ResNet56 → ResNet32 grafting+"),
     ("baseline", dict(script="grafting_plus", arch="mobilenetv2", num_classes=100, teachers=[
         {"arch": "resnet110", "checkpoint": "/t/best_1.t7"}], **CIFAR), ["74.98"], "distillation"),
-    ("grafting", dict(script="grafting_imagenet", dataset="imagefolder", arch="resnet18", num_classes=1000),
-     ["71.19"], "(top-5 90.01) [ImageNet: ResNet18 grafting]"),
+    ("grafting", dict(script="grafting_imagenet", dataset="imagefolder", arch="resnet18", num_classes=1000,
+                      cos=True), ["71.19"], "(top-5 90.01) [ImageNet: ResNet18 grafting]"),
 ]
 NOT_MATCHING = [
     ("grafting", {}),  # digits
@@ -266,7 +266,8 @@ def test_reproduce_scripts_cover_the_paper_tables():
     scions = dry_run("scion_sources.sh")
     assert sorted(line.split("_", 2)[2].split()[0] for line in scions) == sorted(
         ["baseline", "noise", "internal", "external"] * 2)
-    assert len(dry_run("imagenet.sh", DATA="/imagenet")) == 6
+    imagenet = dry_run("imagenet.sh", DATA="/imagenet")  # per model: baseline (steps), grafting, cosine baseline
+    assert len(imagenet) == 9 and sum("--steplr" in line for line in imagenet) == 3
     plus = dry_run("grafting_plus.sh")
     assert [line.split()[0] for line in plus] == ["S=R/resnet56_resnet32", "S=R/resnet110_resnet56",
                                                   "S=R/resnet110_mobilenetv2"]

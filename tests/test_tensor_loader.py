@@ -13,7 +13,7 @@ from helpers import one_error_line, run_script
 def test_crop_flip_equals_torchvision_for_fixed_offsets_and_flips():
     train_set, _ = cifar_like_datasets("digits", "unused", 10)
     loader = TensorLoader(train_set, 8, "cpu", train=True)
-    _, test_tf = cifar_transforms(10)
+    _, test_tf = cifar_transforms()
     for index, (top, left, flip) in enumerate([(0, 0, False), (8, 8, True), (3, 6, True), (4, 4, False)]):
         image = ArrayImages(train_set.data, train_set.targets).__getitem__(index)[0]
         expected = TF.crop(TF.pad(image, 4), top, left, 32, 32)
@@ -30,7 +30,7 @@ def marker_dataset(n):
     """Black images with one white pixel at row 16, column 10, labelled by their index."""
     data = np.zeros((n, 32, 32, 3), dtype=np.uint8)
     data[:, 16, 10] = 255
-    return ArrayImages(data, list(range(n)), cifar_transforms(10)[0])
+    return ArrayImages(data, list(range(n)), cifar_transforms()[0])
 
 
 def test_crop_offsets_are_uniform_over_9x9_and_flips_half():

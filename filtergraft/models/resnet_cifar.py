@@ -3,7 +3,7 @@
 Three stages of n basic blocks each (16, 32 and 64 channels on 32x32, 16x16 and 8x8 maps), so the
 depth is 6n + 2. Shortcuts are option A: identity, or, where a stage halves the map and doubles the
 channels, a parameter-free subsample-and-zero-pad. The `_leaky` variants are the same networks with
-every ReLU replaced by LeakyReLU(negative_slope=0.1).
+every ReLU replaced by LeakyReLU with PyTorch's default slope 0.01, as the release.
 
 Module order matters to the rest of the library: every Conv2d is registered immediately before the
 BatchNorm2d that normalises its output, so conv->bn pairs can be found from `named_modules()`.
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .registry import register_model
 
-LEAKY_SLOPE = 0.1
+LEAKY_SLOPE = 0.01  # PyTorch's default, as the release's nn.LeakyReLU()
 
 
 class DownsampleA(nn.Module):
@@ -128,29 +128,29 @@ def resnet1202(num_classes=10):
 
 @register_model
 def resnet20_leaky(num_classes=10):
-    """ResNet-20 with LeakyReLU(0.1) in place of every ReLU."""
+    """ResNet-20 with LeakyReLU(0.01) in place of every ReLU."""
     return ResNetCifar(3, num_classes, act=_leaky)
 
 
 @register_model
 def resnet32_leaky(num_classes=10):
-    """ResNet-32 with LeakyReLU(0.1) in place of every ReLU."""
+    """ResNet-32 with LeakyReLU(0.01) in place of every ReLU."""
     return ResNetCifar(5, num_classes, act=_leaky)
 
 
 @register_model
 def resnet44_leaky(num_classes=10):
-    """ResNet-44 with LeakyReLU(0.1) in place of every ReLU."""
+    """ResNet-44 with LeakyReLU(0.01) in place of every ReLU."""
     return ResNetCifar(7, num_classes, act=_leaky)
 
 
 @register_model
 def resnet56_leaky(num_classes=10):
-    """ResNet-56 with LeakyReLU(0.1) in place of every ReLU."""
+    """ResNet-56 with LeakyReLU(0.01) in place of every ReLU."""
     return ResNetCifar(9, num_classes, act=_leaky)
 
 
 @register_model
 def resnet110_leaky(num_classes=10):
-    """ResNet-110 with LeakyReLU(0.1) in place of every ReLU."""
+    """ResNet-110 with LeakyReLU(0.01) in place of every ReLU."""
     return ResNetCifar(18, num_classes, act=_leaky)

@@ -126,13 +126,14 @@ def _cifar_rows():
 def _other_rows():
     rows = []
     for model, (baseline, grafting) in IMAGENET_TABLE.items():
+        # As the release ran them: the baseline with its baseline script's steps, grafting with its cosine.
         common = {"script": ("grafting_imagenet",), "data": ("imagenet",), "arch": (model,), "num_classes": (1000,),
-                  "cos": (False, None), "pretrained": (False, None), "source": ("external", None)}
-        rows += [PaperRow("ImageNet", f"{NAMES[model]} baseline", baseline[0], {**common, "num": (1,)},
-                          IMAGENET_EPOCHS, baseline[1]),
+                  "pretrained": (False, None), "source": ("external", None)}
+        rows += [PaperRow("ImageNet", f"{NAMES[model]} baseline", baseline[0],
+                          {**common, "num": (1,), "cos": (False, None)}, IMAGENET_EPOCHS, baseline[1]),
                  PaperRow("ImageNet", f"{NAMES[model]} grafting", grafting[0],
-                          {**common, "num": (2,), "level": ("layer", None), "criterion": ("entropy", None)},
-                          IMAGENET_EPOCHS, grafting[1])]
+                          {**common, "num": (2,), "cos": (True,), "level": ("layer", None),
+                           "criterion": ("entropy", None)}, IMAGENET_EPOCHS, grafting[1])]
     for (teacher, student), values in GRAFTING_PLUS.items():
         common = {"script": ("grafting_plus",), "data": ("cifar",), "num_classes": (100,), "arch": (student,)}
         pair = f"{NAMES[teacher]} → {NAMES[student]}"

@@ -91,8 +91,17 @@ def notes(session, config, paper):
     paper_epochs = {row.epochs for row in paper if row.epochs}
     if planned is not None and paper_epochs and planned not in paper_epochs:
         out.append(f"paper trained {'/'.join(map(str, sorted(paper_epochs)))} epochs, this run {planned}")
-    if session.kind == "grafting" and config["num"] and config["num"] > 1 and None in (config["difflr"], config["cos"]):
+    grafts = session.kind == "grafting" and config["num"] and config["num"] > 1
+    if grafts and None in (config["difflr"], config["cos"]):
         out.append("learning-rate flags not recorded")
+    # sessions of versions before the run record evaluated after the graft and binned entropy closed
+    if (grafts or config["source"] in ("noise", "internal")) and session.get("eval_order") is None:
+        out.append("accuracy after the graft (an earlier version's order)")
+    entropy = (grafts or config["source"] == "internal") and config["criterion"] != "l1"
+    if entropy and (session.get("entropy_bins") or "closed") == "closed":
+        out.append("closed entropy bins")
+    if any(n.grafted is not None for n in session.networks):
+        out.append("grafted: the network right after its graft (--eval-grafted)")
     if session.problems:
         out.append(f"{len(session.problems)} problem(s), see stderr")
     return "; ".join(out)
@@ -127,6 +136,8 @@ def markdown(sessions):
         header = ["session", "method", "model", "data", "N", "epochs", "best top-1 per network",
                   "final top-1 per network", "best mean ± std", "final mean ± std"]
         header += ["best top-5 mean"] if top5 else []
+        grafted = any(n.grafted is not None for s in grafting for n in s.networks)
+        header += ["final grafted top-1 per network"] if grafted else []
         header += ["paper top-1", "notes"]
         lines = [_md_row(header), _md_row(["---"] * len(header))]
         for s in grafting:
@@ -137,6 +148,7 @@ def markdown(sessions):
                    " / ".join(_pct(n.final) for n in s.networks), _pm(n.best for n in s.networks),
                    _pm(n.final for n in s.networks)]
             row += [_pm(n.best5 for n in s.networks)] if top5 else []
+            row += [" / ".join(_pct(n.grafted) for n in s.networks)] if grafted else []
             row += ["; ".join(r.text() for r in paper) or "—", notes(s, config, paper)]
             lines.append(_md_row(row))
         parts.append("\n".join(lines))
@@ -165,7 +177,7 @@ CSV_TAIL = ["paper_top1", "paper_rows", "notes"]
 
 
 def _column(key, index):
-    """The CSV column of network `index`'s `key` (best, final, best5)."""
+    """The CSV column of network `index`'s `key` (best, final, best5, final_grafted)."""
     return f"{key}_{index}"
 
 
@@ -186,6 +198,8 @@ def csv_rows(sessions):
             row[_column("best", n.index)], row[_column("final", n.index)] = n.best, n.final
             if n.best5 is not None:
                 row[_column("best5", n.index)] = n.best5
+            if n.grafted is not None:
+                row[_column("final_grafted", n.index)] = n.grafted
         if s.prune:
             row.update({key: s.prune.get(key) for key in CSV_STRIPE if key in s.prune})
             row["params_reduction"] = _reduction(s.prune.get("params"), s.prune.get("params_pruned"))
@@ -201,8 +215,9 @@ def write_csv(sessions, path):
     rows = csv_rows(sessions)
     most = max((len(s.networks) for s in sessions), default=0)
     per_network = [_column(key, i) for i in range(1, most + 1) for key in ("best", "final")]
-    top5 = [_column("best5", i) for i in range(1, most + 1) if any(_column("best5", i) in r for r in rows)]
-    columns = CSV_FIXED + per_network + top5 + CSV_STRIPE + CSV_TAIL
+    optional = [_column(key, i) for key in ("best5", "final_grafted") for i in range(1, most + 1)
+                if any(_column(key, i) in r for r in rows)]
+    columns = CSV_FIXED + per_network + optional + CSV_STRIPE + CSV_TAIL
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, columns, restval="")
         writer.writeheader()

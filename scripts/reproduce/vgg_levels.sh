@@ -11,7 +11,9 @@ LAUNCH=$REPO_ROOT/grafting_cifar
 for cifar in ${CIFARS:-10 100}; do
     config "vgg16_c${cifar}_baseline" MODEL=vgg16 CIFAR="$cifar" NUM=1 bash "$LAUNCH/baseline.sh" "$@"
     for level in layer filter; do
-        config "vgg16_c${cifar}_${level}" MODEL=vgg16 CIFAR="$cifar" NUM=2 bash "$LAUNCH/grafting.sh" --level "$level" "$@"
+        # the release's VGG script grafts conv weights and their BatchNorms only (biases, classifier unmixed)
+        config "vgg16_c${cifar}_${level}" MODEL=vgg16 CIFAR="$cifar" NUM=2 bash "$LAUNCH/grafting.sh" --level "$level" \
+            --conv-only "$@"
     done
 done
 finish
