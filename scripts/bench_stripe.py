@@ -66,7 +66,7 @@ def removable(model):
     """Per stripe layer: whether pruning may drop its filters (VGG: all; ResNet56: block conv1s)."""
     if isinstance(model, StripeVGG):
         return [True] * len(model.stripe_pairs())
-    return [False] + [which == 0 for _ in model.layers for which in (0, 1)]
+    return [False] + [which == 0 for _ in model.blocks() for which in (0, 1)]
 
 
 def apply_skeleton(model, strength, gen):
@@ -81,7 +81,7 @@ def apply_skeleton(model, strength, gen):
             u = i / depth
             drop = min(0.95, strength * 0.9 * u) if can_remove and i > 0 else 0.0
             density = max(0.05, 1.0 - strength * (0.5 + 0.45 * u)) if i > 0 else 1.0
-            conv.FS.copy_(_skeleton(conv.FS.shape, drop, density, gen))
+            conv.FilterSkeleton.copy_(_skeleton(conv.FilterSkeleton.shape, drop, density, gen))
         if isinstance(model, StripeResNet56):
             _drop_blocks(model, strength, gen)
     threshold_skeleton(model, 0.0)
@@ -100,10 +100,10 @@ def _skeleton(shape, drop, density, gen):
 
 def _drop_blocks(model, strength, gen):
     """Empty the conv1 of a fraction min(0.6, 0.3·t) of the blocks (first block of each stage excluded)."""
-    candidates = [b for i, b in enumerate(model.layers) if i % 9 != 0]
+    candidates = [b for i, b in enumerate(model.blocks()) if i % 9 != 0]
     count = int(round(min(0.6, 0.3 * strength) * len(candidates)))
     for j in torch.randperm(len(candidates), generator=gen)[:count].tolist():
-        candidates[j].conv1.FS.zero_()
+        candidates[j].conv1.FilterSkeleton.zero_()
 
 
 def masked_model(name, reduction, seed):

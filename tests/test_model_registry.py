@@ -25,7 +25,7 @@ def test_aliases_resolve_to_registered_names(name):
 
 def test_create_model_by_alias_builds_the_stripe_networks():
     assert type(create_model("ResNet56", 7, kind="stripe")) is StripeResNet56
-    assert create_model("stripe_resnet56", 7, kind="stripe").linear.out_features == 7
+    assert create_model("stripe_resnet56", 7, kind="stripe").fc.out_features == 7
     assert type(create_model("VGG", kind="stripe")) is StripeVGG
     assert create_model("ResNet18", 1000, kind="stripe").fc.out_features == 1000
     assert type(create_model("stripe_resnet18", 5, kind=None)) is StripeResNet18

@@ -9,7 +9,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from filtergraft.errors import UserError
-from filtergraft.models.resnet_cifar import DownsampleA as PadShortcut
 from filtergraft.models.stripe_resnet import ShortcutBlock, StripeResNet18, StripeResNet56
 from filtergraft.models.stripe_vgg import StripeVGG
 from filtergraft.stripe import (FilterStripe, StripeConv, choose_modes, count_flops, count_params,
@@ -52,7 +51,7 @@ def _randomise(model, density, seed):
                 m.weight.copy_(torch.randn(m.num_features, generator=gen) * 0.3 + 0.5)
                 m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
         for conv, _ in model.stripe_pairs():
-            fs = conv.FS
+            fs = conv.FilterSkeleton
             kept = torch.rand(fs.shape, generator=gen) < density
             fs.copy_((torch.rand(fs.shape, generator=gen) + 0.5) * kept)
 
@@ -86,10 +85,10 @@ def test_update_skeleton_matches_hand_computation():
                          [[-0.1, -0.2], [-0.3, -0.4]],
                          [[1.0, 2.0], [3.0, 4.0]]])
     with torch.no_grad():
-        net.conv.FS.copy_(fs)
+        net.conv.FilterSkeleton.copy_(fs)
         net.bn.weight.copy_(torch.tensor([0.5, 0.6, 0.7]))
         net.bn.bias.copy_(torch.tensor([0.1, 0.2, 0.3]))
-    net.conv.FS.grad = grad.clone()
+    net.conv.FilterSkeleton.grad = grad.clone()
     net.bn.weight.grad = torch.tensor([1.0, 2.0, 3.0])
     net.bn.bias.grad = torch.tensor([4.0, 5.0, 6.0])
     sr, t = 0.01, 0.25
@@ -97,9 +96,9 @@ def test_update_skeleton_matches_hand_computation():
     update_skeleton(net, sr, t)
 
     keep = fs.abs() > t
-    assert torch.equal(net.conv.FS.detach(), torch.where(keep, fs, torch.zeros(())))
+    assert torch.equal(net.conv.FilterSkeleton.detach(), torch.where(keep, fs, torch.zeros(())))
     expected_grad = torch.where(keep, grad + sr * torch.sign(fs), torch.zeros(()))
-    assert torch.allclose(net.conv.FS.grad, expected_grad, atol=1e-7)
+    assert torch.allclose(net.conv.FilterSkeleton.grad, expected_grad, atol=1e-7)
     assert torch.equal(net.bn.weight.detach(), torch.tensor([0.5, 0.0, 0.7]))
     assert torch.equal(net.bn.bias.detach(), torch.tensor([0.1, 0.0, 0.3]))
     assert torch.equal(net.bn.weight.grad, torch.tensor([1.0, 0.0, 3.0]))
@@ -114,9 +113,9 @@ def test_update_skeleton_needs_gradients():
 def test_filter_stripe_forward_is_masked_conv():
     conv = FilterStripe(3, 4)
     with torch.no_grad():
-        conv.FS.uniform_(-1, 1)
+        conv.FilterSkeleton.uniform_(-1, 1)
     x = torch.randn(2, 3, 6, 6)
-    ref = F.conv2d(x, conv.weight * conv.FS[:, None], padding=1)
+    ref = F.conv2d(x, conv.weight * conv.FilterSkeleton[:, None], padding=1)
     assert torch.allclose(conv(x), ref, atol=1e-6)
 
 
@@ -128,9 +127,9 @@ def test_vgg_pruned_equals_masked():
     _randomise(model, density=0.4, seed=0)
     with torch.no_grad():
         convs = [c for c, _ in model.stripe_pairs()]
-        convs[1].FS[:20] = 0    # several fully empty filters in a few layers
-        convs[6].FS[5:60] = 0
-        convs[12].FS[100:400] = 0
+        convs[1].FilterSkeleton[:20] = 0    # several fully empty filters in a few layers
+        convs[6].FilterSkeleton[5:60] = 0
+        convs[12].FilterSkeleton[100:400] = 0
     threshold_skeleton(model, 0.0)
     pruned = prune(model)
     convs_pruned = [m for m in pruned if isinstance(m, StripeConv)]
@@ -144,24 +143,27 @@ def test_vgg_pruned_equals_masked():
 def test_resnet56_pruned_equals_masked_with_removed_blocks():
     model = StripeResNet56(num_classes=10)
     _randomise(model, density=0.5, seed=1)
+    blocks = model.blocks()
     with torch.no_grad():
-        model.layers[2].conv1.FS.zero_()   # conv1 lost every stripe, conv2 still adds bn2's constant
-        model.layers[9].conv1.FS.zero_()   # a downsampling block, both convs empty
-        model.layers[9].conv2.FS.zero_()
-        model.layers[12].conv1.FS.zero_()  # both convs empty: the block is the identity
-        model.layers[12].conv2.FS.zero_()
-        model.layers[20].conv2.FS.zero_()  # conv2 lost every stripe
-        model.layers[5].conv1.FS[3:9] = 0  # some inner filters
+        blocks[2].conv1.FilterSkeleton.zero_()   # conv1 lost every stripe, conv2 still adds bn2's constant
+        blocks[9].conv1.FilterSkeleton.zero_()   # a downsampling block, both convs empty
+        blocks[9].conv2.FilterSkeleton.zero_()
+        blocks[12].conv1.FilterSkeleton.zero_()  # both convs empty and bn2 silent: the block is the identity
+        blocks[12].conv2.FilterSkeleton.zero_()
+        blocks[12].bn2.weight.zero_()
+        blocks[12].bn2.bias.zero_()
+        blocks[20].conv2.FilterSkeleton.zero_()  # conv2 lost every stripe
+        blocks[5].conv1.FilterSkeleton[3:9] = 0  # some inner filters
     threshold_skeleton(model, 0.0)
-    with torch.no_grad():
-        model.layers[20].bn2.bias.uniform_(-0.5, 0.5)  # empty filters may still emit a BN constant
     pruned = prune(model)
-    blocks = list(pruned.layers)
-    assert isinstance(blocks[2], ShortcutBlock) and isinstance(blocks[20], ShortcutBlock)
-    assert isinstance(blocks[9], PadShortcut)
-    assert isinstance(blocks[12], nn.Identity)
-    assert blocks[5].conv1.out_channels <= 16 - 6
-    assert blocks[5].conv2.in_channels == blocks[5].conv1.out_channels
+    pruned_blocks = list(pruned.layers)
+    assert isinstance(pruned_blocks[2], ShortcutBlock) and isinstance(pruned_blocks[20], ShortcutBlock)
+    assert isinstance(pruned_blocks[9], ShortcutBlock)  # the option-B shortcut and bn2's constant stay
+    assert isinstance(pruned_blocks[9].shortcut, StripeConv) and pruned_blocks[9].shortcut.num_stripes == 32
+    assert isinstance(pruned_blocks[12], nn.Identity)
+    assert isinstance(pruned_blocks[18].shortcut, StripeConv)  # layer3.0 keeps its 1×1 conv + BN
+    assert pruned_blocks[5].conv1.out_channels <= 16 - 6
+    assert pruned_blocks[5].conv2.in_channels == pruned_blocks[5].conv1.out_channels
     _assert_same(pruned, model, torch.randn(3, 3, 32, 32))
     assert count_params(pruned) < count_params(model)
 
@@ -170,8 +172,8 @@ def test_resnet18_pruned_equals_masked():
     model = StripeResNet18(num_classes=7)
     _randomise(model, density=0.5, seed=2)
     with torch.no_grad():
-        model.layer3[0].conv1.FS.zero_()  # a block with a 1×1-conv shortcut replaced by it
-        model.layer4[1].conv1.FS[:100] = 0
+        model.layer3[0].conv1.FilterSkeleton.zero_()  # a block with a 1×1-conv shortcut replaced by it
+        model.layer4[1].conv1.FilterSkeleton[:100] = 0
     threshold_skeleton(model, 0.0)
     pruned = prune(model)
     assert isinstance(list(pruned.layers)[4], ShortcutBlock)
@@ -200,7 +202,7 @@ def test_prune_refuses_empty_filter_with_live_batchnorm():
     model = StripeVGG()
     model.eval()
     with torch.no_grad():
-        model.features[0].FS[0] = 0
+        model.features[0].FilterSkeleton[0] = 0
         model.features[1].bias[0] = 1.0  # relu(β) > 0: removing the filter would change the output
     with pytest.raises(UserError, match="threshold_skeleton"):
         prune(model)
@@ -212,7 +214,7 @@ def test_choose_modes_records_modes():
     threshold_skeleton(model, 0.0)
     pruned = prune(model)
     summary = choose_modes(pruned, torch.randn(2, 3, 32, 32), repeats=1)
-    assert summary["stripe"] + summary["dense"] == len(summary["layers"]) == 7
+    assert summary["stripe"] + summary["dense"] == len(summary["layers"]) == 7 + 2  # 2 option-B shortcuts
     assert all(layer["mode"] in ("stripe", "dense") for layer in summary["layers"])
     assert stripe_summary(pruned) == summary
 
@@ -246,7 +248,8 @@ def test_masked_model_flops_are_dense_and_pruned_fewer():
     dense = count_flops(model, (3, 32, 32))
     convs = 2 * 32 * 32 * 9 * (3 * 16 + 16 * 16 * 2) + 2 * 16 * 16 * 9 * (16 * 32 + 32 * 32) \
         + 2 * 8 * 8 * 9 * (32 * 64 + 64 * 64)
-    assert dense == convs + 2 * 64 * 10
+    shortcuts = 2 * 16 * 16 * 16 * 32 + 2 * 8 * 8 * 32 * 64
+    assert dense == convs + shortcuts + 2 * 64 * 10
     assert stripe_flops(prune(model), (3, 32, 32)) < 0.5 * dense
 
 
@@ -257,7 +260,7 @@ def test_export_round_trip_without_filtergraft(tmp_path):
     model = StripeResNet56(num_classes=10, blocks_per_stage=1)
     _randomise(model, density=0.5, seed=6)
     with torch.no_grad():
-        model.layers[1].conv1.FS.zero_()
+        model.blocks()[1].conv1.FilterSkeleton.zero_()
     threshold_skeleton(model, 0.0)
     pruned = prune(model)
     for i, (_, conv) in enumerate(stripe_convs(pruned)):

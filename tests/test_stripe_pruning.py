@@ -64,7 +64,7 @@ def test_freeze_weights_keeps_conv_weights_byte_identical(tmp_path):
     assert convs
     for name in convs:
         assert torch.equal(trained[f"{name}.weight"], initial[f"{name}.weight"]), name
-        assert not torch.equal(trained[f"{name}.FS"], initial[f"{name}.FS"]), name
+        assert not torch.equal(trained[f"{name}.FilterSkeleton"], initial[f"{name}.FilterSkeleton"]), name
 
 
 BAD = [(("--sr", "1e-5"), "--sr and --threshold go together"),

@@ -1,9 +1,11 @@
 """ResNet-56 (CIFAR) and ResNet-18 (ImageNet) built from FilterStripe convs, and their pruning (SPEC §5).
 
-Pruning keeps every block's output channels (they feed the residual stream) and removes the inner
-filters: conv1 filters with no stripe left, their bn1 channels and the matching conv2 inputs. A block
-whose conv1 or conv2 lost every stripe computes relu(shortcut(x) + c), c = BN2 applied to zero, and is
-replaced by exactly that.
+Module names are the release's (`conv1 bn1 layerL.B.{conv1,bn1,conv2,bn2} layerL.0.downsample.{0,1} fc`,
+skeletons `FilterSkeleton`), so its checkpoints load as they are. Pruning keeps every block's output
+channels (they feed the residual stream) and removes the inner filters: conv1 filters with no stripe
+left, their bn1 channels and the matching conv2 inputs. A block whose conv1 or conv2 lost every stripe
+computes relu(shortcut(x) + c), c = bn2 applied to zero, and is replaced by exactly that. Shortcuts are
+never pruned.
 """
 import torch
 import torch.nn as nn
@@ -12,94 +14,112 @@ import torch.nn.functional as F
 from ..stripe import (FilterStripe, StripeConv, fold_batchnorm, prune, require_silent_removal,
                       stripe_batchnorm, stripe_classifier)
 from .registry import register_model
-from .resnet_cifar import DownsampleA
+
+
+def stripe_shortcut(in_planes, planes, stride):
+    """Option B as the release's ResNet56: a 1×1 FilterStripe with `stride`, then BatchNorm (γ = 0.5)."""
+    return nn.Sequential(FilterStripe(in_planes, planes, 1, stride, 0), stripe_batchnorm(planes))
+
+
+def plain_shortcut(in_planes, planes, stride):
+    """torchvision's ResNet-18 shortcut: a 1×1 nn.Conv2d with `stride` (kaiming normal, fan-out), then BatchNorm."""
+    conv = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return nn.Sequential(conv, nn.BatchNorm2d(planes))
 
 
 class StripeBasicBlock(nn.Module):
     """y = relu(bn2(conv2(relu(bn1(conv1 x)))) + downsample(x)) with FilterStripe 3×3 convs.
 
-    Attribute names follow torchvision's BasicBlock, so its ResNet-18 state dicts load (strict=False:
-    only the Filter Skeletons are missing).
+    `shortcut(in_planes, planes, stride)` builds `downsample` where the shape changes, after the convs
+    (the release's order of construction, so the same random stream gives the same weights); elsewhere
+    it is the identity. Names follow the release and torchvision's BasicBlock.
     """
 
-    def __init__(self, in_planes, planes, stride=1, downsample=None):
+    def __init__(self, in_planes, planes, stride, shortcut):
         super().__init__()
         self.conv1 = FilterStripe(in_planes, planes, 3, stride, 1)
         self.bn1 = stripe_batchnorm(planes)
         self.conv2 = FilterStripe(planes, planes, 3, 1, 1)
         self.bn2 = stripe_batchnorm(planes)
-        self.downsample = downsample if downsample is not None else nn.Identity()
+        changes = stride != 1 or in_planes != planes
+        self.downsample = shortcut(in_planes, planes, stride) if changes else nn.Identity()
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self.downsample(x))
 
     def stripe_pairs(self):
-        """(FilterStripe, its BatchNorm) pairs of the block."""
-        return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+        """(conv1, bn1) and (conv2, None): the release zeroes bn1 of an emptied filter, never bn2."""
+        return [(self.conv1, self.bn1), (self.conv2, None)]
 
 
-class StripeResNet56(nn.Module):
-    """CIFAR ResNet-56: 3×3 stem, 3 stages of 9 blocks (16/32/64 channels), option-A shortcuts."""
+def _stages(model, widths, blocks_per_stage, first_stride, shortcut):
+    """Set model.layer1.. : stage L has `blocks_per_stage` blocks of width widths[L-1]; returns the last width."""
+    in_planes = model.conv1.out_channels
+    for stage, planes in enumerate(widths, start=1):
+        blocks = []
+        for i in range(blocks_per_stage):
+            stride = (first_stride if stage == 1 else 2) if i == 0 else 1
+            blocks.append(StripeBasicBlock(in_planes, planes, stride, shortcut))
+            in_planes = planes
+        setattr(model, f"layer{stage}", nn.Sequential(*blocks))
+    return in_planes
+
+
+class _StripeResNet(nn.Module):
+    """What both ResNets share: their blocks in forward order and their prunable pairs."""
+
+    def blocks(self):
+        """Every StripeBasicBlock, in forward order."""
+        return [m for m in self.modules() if isinstance(m, StripeBasicBlock)]
+
+    def stripe_pairs(self):
+        """(FilterStripe, BatchNorm zeroed with it or None) of every block, in forward order."""
+        return [p for block in self.blocks() for p in block.stripe_pairs()]
+
+
+class StripeResNet56(_StripeResNet):
+    """The release's CIFAR ResNet-56: FilterStripe 3×3 stem, 3 stages of 9 blocks (16/32/64 channels),
+    option-B shortcuts (1×1 FilterStripe + BN) where the shape changes, global average pool, fc."""
 
     def __init__(self, num_classes=10, blocks_per_stage=9):
         super().__init__()
         self.conv1 = FilterStripe(3, 16)
         self.bn1 = stripe_batchnorm(16)
-        blocks, in_planes = [], 16
-        for stage, planes in enumerate((16, 32, 64)):
-            for i in range(blocks_per_stage):
-                stride = 2 if stage > 0 and i == 0 else 1
-                shortcut = DownsampleA(in_planes, planes) if stride != 1 or in_planes != planes else None
-                blocks.append(StripeBasicBlock(in_planes, planes, stride, shortcut))
-                in_planes = planes
-        self.layers = nn.Sequential(*blocks)
-        self.linear = stripe_classifier(64, num_classes)
+        width = _stages(self, (16, 32, 64), blocks_per_stage, 1, stripe_shortcut)
+        self.fc = stripe_classifier(width, num_classes)
 
     def forward(self, x):
-        out = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+        out = F.relu(self.bn1(self.conv1(x)))
+        for stage in (self.layer1, self.layer2, self.layer3):
+            out = stage(out)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
     def stripe_pairs(self):
-        """(FilterStripe, its BatchNorm) of the stem and every block, in forward order."""
-        return [(self.conv1, self.bn1)] + [p for block in self.layers for p in block.stripe_pairs()]
+        """The stem (its bn1 never zeroed, as the release), then every block's pairs."""
+        return [(self.conv1, None)] + super().stripe_pairs()
 
 
-class StripeResNet18(nn.Module):
+class StripeResNet18(_StripeResNet):
     """ImageNet ResNet-18 in torchvision's layout; the 3×3 convs are FilterStripe, stem and 1×1 plain."""
 
     def __init__(self, num_classes=1000):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        in_planes = 64
-        for stage, planes in enumerate((64, 128, 256, 512), start=1):
-            stride = 1 if stage == 1 else 2
-            downsample = None
-            if stride != 1 or in_planes != planes:
-                downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                                           nn.BatchNorm2d(planes))
-            setattr(self, f"layer{stage}", nn.Sequential(
-                StripeBasicBlock(in_planes, planes, stride, downsample),
-                StripeBasicBlock(planes, planes)))
-            in_planes = planes
+        width = _stages(self, (64, 128, 256, 512), 2, 1, plain_shortcut)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = stripe_classifier(512, num_classes)
-        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        for seq in (self.layer2, self.layer3, self.layer4):
-            nn.init.kaiming_normal_(seq[0].downsample[0].weight, mode="fan_out", nonlinearity="relu")
+        self.fc = stripe_classifier(width, num_classes)
 
     def forward(self, x):
         out = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             out = stage(out)
         return self.fc(torch.flatten(self.avgpool(out), 1))
-
-    def stripe_pairs(self):
-        """(FilterStripe, its BatchNorm) of every block, in forward order."""
-        return [p for m in self.modules() if isinstance(m, StripeBasicBlock) for p in m.stripe_pairs()]
 
 
 # ----------------------------------------------------------------------------- pruned networks
@@ -151,19 +171,22 @@ def _folded_conv(conv, bn):
     return folded
 
 
-def _stripe_conv(conv, bn):
-    """relu(bn(conv x)) as one StripeConv, all filters kept."""
+def _stripe_conv(conv, bn, keep=None, relu=True):
+    """bn(conv x), then ReLU when `relu`, as one StripeConv over the stripes in `keep` (default: the kept ones)."""
     weight, bias = fold_batchnorm(conv.masked_weight(), bn)
-    return StripeConv(weight, conv.stripe_mask(), bias, conv.stride, conv.padding, relu=True)
+    keep = conv.stripe_mask() if keep is None else keep
+    return StripeConv(weight, keep, bias, conv.stride, conv.padding, relu=relu)
 
 
 def _pruned_shortcut(shortcut):
-    """The shortcut of a pruned block: identity, option A, or a 1×1 conv with its BN folded."""
-    if isinstance(shortcut, nn.Sequential):
-        return _folded_conv(shortcut[0], shortcut[1])
-    if isinstance(shortcut, DownsampleA):
-        return DownsampleA(shortcut.in_planes, shortcut.out_planes)
-    return nn.Identity()
+    """The shortcut of a pruned block: the identity, or its 1×1 conv with the BN folded, all stripes kept
+    (a StripeConv that runs dense or stripe-wise for an option-B FilterStripe, an nn.Conv2d for a plain one)."""
+    if isinstance(shortcut, nn.Identity):
+        return nn.Identity()
+    conv, bn = shortcut
+    if isinstance(conv, FilterStripe):
+        return _stripe_conv(conv, bn, torch.ones_like(conv.stripe_mask()), relu=False)
+    return _folded_conv(conv, bn)
 
 
 def _prune_block(block, name):
@@ -185,11 +208,11 @@ def _prune_block(block, name):
 
 
 def _shortcut_block(shortcut, const):
-    """relu(shortcut(x) + c); just the shortcut when c = 0 and relu cannot change its output.
+    """relu(shortcut(x) + c); just the shortcut when it is the identity and c = 0.
 
-    Block inputs are ReLU outputs in both ResNets, so a parameter-free shortcut passes values ≥ 0.
+    Block inputs are ReLU outputs in both ResNets, so the identity passes values ≥ 0 that relu keeps.
     """
-    if isinstance(shortcut, (nn.Identity, DownsampleA)) and not const.any():
+    if isinstance(shortcut, nn.Identity) and not const.any():
         return shortcut
     return ShortcutBlock(shortcut, const)
 
@@ -210,7 +233,7 @@ def _pruned_blocks(model):
 def _prune_resnet56(model: StripeResNet56) -> nn.Module:
     """Stem kept whole (it feeds the residual stream), blocks pruned, classifier unchanged."""
     stem = _stripe_conv(model.conv1, model.bn1)
-    return PrunedResNet(stem, _pruned_blocks(model), _copied_linear(model.linear)).eval()
+    return PrunedResNet(stem, _pruned_blocks(model), _copied_linear(model.fc)).eval()
 
 
 @prune.register
@@ -223,7 +246,7 @@ def _prune_resnet18(model: StripeResNet18) -> nn.Module:
 
 @register_model(aliases=("ResNet56",), kind="stripe")
 def stripe_resnet56(num_classes=10):
-    """StripeResNet56: the stripe-wise release's `ResNet56`."""
+    """StripeResNet56: the stripe-wise release's `ResNet56`, 874,154 parameters for 10 classes (skeletons included)."""
     return StripeResNet56(num_classes)
 
 

@@ -14,7 +14,10 @@ def _stripe_bn_relu(in_ch, out_ch):
 
 
 class StripeVGG(nn.Module):
-    """VGG16 (CIFAR): [FilterStripe 3×3 → BN → ReLU]×13 with 5 max-pools down to 1×1, then Linear."""
+    """VGG16 (CIFAR): [FilterStripe 3×3 → BN → ReLU]×13 with 5 max-pools down to 1×1, then Linear.
+
+    State-dict keys are the release's (`features.N.{weight,FilterSkeleton}`, `classifier`).
+    """
 
     def __init__(self, num_classes=10, cfg=CFGS["vgg16"]):
         super().__init__()
@@ -25,7 +28,7 @@ class StripeVGG(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
     def stripe_pairs(self):
-        """(FilterStripe, its BatchNorm) in forward order."""
+        """(FilterStripe, its BatchNorm) in forward order: the release zeroes every BatchNorm of an emptied filter."""
         mods = list(self.features)
         return [(m, mods[i + 1]) for i, m in enumerate(mods) if isinstance(m, FilterStripe)]
 

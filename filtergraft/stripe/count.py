@@ -8,7 +8,7 @@ from .skeleton import FilterStripe
 
 def count_params(model):
     """Stored parameters, Filter Skeletons excluded (training-only; pruning folds them into weights)."""
-    skeletons = {id(m.FS) for m in model.modules() if isinstance(m, FilterStripe)}
+    skeletons = {id(m.FilterSkeleton) for m in model.modules() if isinstance(m, FilterStripe)}
     return sum(p.numel() for p in model.parameters() if id(p) not in skeletons)
 
 

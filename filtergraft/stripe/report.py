@@ -12,7 +12,7 @@ from ..session import PRUNE_REPORT, PRUNED_CHECKPOINT, PRUNED_PROGRAM
 from .conv import choose_modes
 from .count import count_flops, count_params, stripe_flops
 from .pruning import export_pruned, prune
-from .skeleton import FilterStripe, threshold_skeleton
+from .skeleton import FilterStripe, stripe_pairs, threshold_skeleton
 
 
 def freeze_conv_weights(model):
@@ -23,8 +23,8 @@ def freeze_conv_weights(model):
 
 
 def kept_stripes(model, threshold, epoch):
-    """End-of-epoch metrics: the share of skeleton entries that pruning would keep (|FS| > threshold)."""
-    skeletons = [m.FS.detach() for m in model.modules() if isinstance(m, FilterStripe)]
+    """End-of-epoch metrics: the share of prunable skeleton entries that pruning would keep (|FS| > threshold)."""
+    skeletons = [conv.FilterSkeleton.detach() for conv, _ in stripe_pairs(model)]
     kept = sum(int((fs.abs() > (threshold or 0.0)).sum()) for fs in skeletons)
     return {"stripes_kept": kept / sum(fs.numel() for fs in skeletons)}
 
