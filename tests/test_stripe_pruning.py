@@ -9,7 +9,7 @@ import torch
 from filtergraft.models.stripe_resnet import StripeResNet56
 from filtergraft.rng import seed_everything
 from filtergraft.session import read_jsonl
-from filtergraft.stripe import FilterStripe
+from filtergraft.stripe import FilterStripe, program_flops
 from helpers import PYTHON, assert_run_record, one_error_line, run_script, script_env
 
 SCRIPT = "stripe_pruning/main.py"
@@ -35,6 +35,12 @@ def test_pruning_removes_flops_and_keeps_accuracy(pruned_run):
     assert report["flops_reduction"] == pytest.approx(100 * (1 - report["flops_pruned"] / report["flops"]))
     assert report["stripe_layers"] + report["dense_layers"] == len(report["layers"])
     assert f"-{report['flops_reduction']:.2f}%" in result.stdout
+    # Both conventions, labelled: the release's (the kept stripes) and what the exported network executes.
+    assert report["params"] == 874_154 and report["flops"] == 252_585_226
+    assert report["flops_executed"] == program_flops(torch.export.load(save / "pruned.pt2"), (3, 32, 32))
+    assert report["params_stored"] < report["params"]
+    assert "as the release counts: parameters" in result.stdout
+    assert f"as pruned.pt2 runs: {report['flops_executed']:,} FLOPs executed" in result.stdout
     metrics = read_jsonl(save / "metrics.jsonl")
     assert metrics[0]["epoch"] == 1 and 0 < metrics[0]["stripes_kept"] < 1
     for name in ("best.pth.tar", "pruned.pth.tar", "pruned.pt2", "train.log"):

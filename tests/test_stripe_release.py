@@ -1,4 +1,4 @@
-"""The stripe models as the release builds, initialises and updates them (SPEC §5)."""
+"""The stripe models as the release builds, initialises, updates and counts them (SPEC §5)."""
 import math
 from pathlib import Path
 
@@ -9,7 +9,8 @@ import torch.nn as nn
 from filtergraft.models import create_model
 from filtergraft.models.stripe_resnet import StripeResNet56
 from filtergraft.models.stripe_vgg import StripeVGG
-from filtergraft.stripe import FilterStripe, count_params, threshold_skeleton, update_skeleton
+from filtergraft.stripe import (FilterStripe, count_flops, count_params, prune, release_counts, threshold_skeleton,
+                                update_skeleton)
 
 # Every key, shape and dtype of the release's checkpoints, as ../shared/release lists them.
 RELEASE = Path(__file__).resolve().parent / "data" / "release"
@@ -47,6 +48,22 @@ def test_parameter_counts():
     assert count_params(resnet) == 855_770
     assert sum(p.numel() for p in resnet.parameters()) == 874_154
     assert sum(p.numel() for p in vgg.parameters()) == 14_762_058
+
+
+def test_both_counting_conventions_of_the_unpruned_networks():
+    resnet, vgg = StripeResNet56().eval(), StripeVGG().eval()
+    assert release_counts(resnet, INPUT) == {"params": 874_154, "flops": 252_585_226}
+    assert round(release_counts(resnet, INPUT)["flops"] / 1e6, 2) == 252.59
+    assert round(release_counts(vgg, INPUT)["flops"] / 1e6, 2) == 627.36
+    # As it runs: convolutions and the classifier's matrix product only, 2 per multiply-add; the release
+    # count adds BatchNorm (ResNet56 1,089,536; VGG16 552,960), VGG's ReLUs (276,480) and pools (124,928)
+    # and the classifier's bias.
+    assert count_flops(resnet, INPUT) == 252_585_226 - 1_089_536 - 10 == 251_495_680
+    assert count_flops(vgg, INPUT) == 627_357_706 - 552_960 - 276_480 - 124_928 - 10 == 626_403_328
+    # A pruned network that kept everything counts as the network it came from.
+    for model in (resnet, vgg):
+        whole = release_counts(model, INPUT, prune(model))
+        assert (whole["params_pruned"], whole["flops_pruned"]) == (whole["params"], whole["flops"])
 
 
 def test_initialisation_is_the_releases():

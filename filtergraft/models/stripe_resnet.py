@@ -70,6 +70,9 @@ def _stages(model, widths, blocks_per_stage, first_stride, shortcut):
 class _StripeResNet(nn.Module):
     """What both ResNets share: their blocks in forward order and their prunable pairs."""
 
+    # The release applies a ResNet's ReLUs and pooling as functions, which its FLOPs counter does not see.
+    release_counts_activations = False
+
     def blocks(self):
         """Every StripeBasicBlock, in forward order."""
         return [m for m in self.modules() if isinstance(m, StripeBasicBlock)]

@@ -19,6 +19,9 @@ class StripeVGG(nn.Module):
     State-dict keys are the release's (`features.N.{weight,FilterSkeleton}`, `classifier`).
     """
 
+    # The release's VGG has its ReLUs and max-pools as modules, which its FLOPs counter sees.
+    release_counts_activations = True
+
     def __init__(self, num_classes=10, cfg=CFGS["vgg16"]):
         super().__init__()
         self.features, width = vgg_features(cfg, _stripe_bn_relu)

@@ -102,6 +102,8 @@ def notes(session, config, paper):
         out.append("closed entropy bins")
     if any(n.grafted is not None for n in session.networks):
         out.append("grafted: the network right after its graft (--eval-grafted)")
+    if session.kind == "stripe" and session.prune and "flops_executed" not in session.prune:
+        out.append("prune.json of an earlier version: its counts are torch's FLOP counter's, not the release's")
     if session.problems:
         out.append(f"{len(session.problems)} problem(s), see stderr")
     return "; ".join(out)
@@ -124,6 +126,13 @@ def _size_cell(prune, key):
     before, after = prune.get(key), prune.get(f"{key}_pruned")
     reduction = _reduction(before, after)
     return f"{_count(before)} → {_count(after)}" + ("" if reduction is None else f" (−{reduction:.2f} %)")
+
+
+def _executed_cell(prune):
+    """What pruned.pt2 runs: FLOPs executed and parameters stored ("—" for sessions that did not record them)."""
+    if not prune or "flops_executed" not in prune:
+        return "—"
+    return f"{_count(prune['flops_executed'])} FLOPs, {_count(prune.get('params_stored'))} params"
 
 
 def markdown(sessions):
@@ -154,7 +163,7 @@ def markdown(sessions):
         parts.append("\n".join(lines))
     if stripe:
         header = ["session", "method", "model", "data", "epochs", "best top-1", "final top-1", "pruned top-1",
-                  "params", "FLOPs", "paper", "notes"]
+                  "params (release count)", "FLOPs (release count)", "pruned.pt2 executes", "paper", "notes"]
         lines = [_md_row(header), _md_row(["---"] * len(header))]
         for s in stripe:
             config, net, prune = configuration(s), s.networks[0], s.prune or {}
@@ -163,7 +172,7 @@ def markdown(sessions):
                 s.path, method_label(config), config["arch"] or "?", data_label(config), epochs_cell(s),
                 _pct(net.best), _pct(net.final),
                 "—" if not prune else f"{_pct(prune.get('acc'))} → {_pct(prune.get('acc_pruned'))}",
-                _size_cell(prune, "params"), _size_cell(prune, "flops"),
+                _size_cell(prune, "params"), _size_cell(prune, "flops"), _executed_cell(prune),
                 "; ".join(r.text() for r in paper) or "—", notes(s, config, paper)]))
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
@@ -171,8 +180,9 @@ def markdown(sessions):
 
 CSV_FIXED = ["session", "kind", "script", "method", "model", "dataset", "num_classes", "networks", "epochs_done",
              "epochs_planned", "state", "best_mean", "best_std", "final_mean", "final_std"]
+# params*, flops* as the release counts them; params_stored and flops_executed as pruned.pt2 runs.
 CSV_STRIPE = ["acc", "acc_pruned", "params", "params_pruned", "params_reduction", "flops", "flops_pruned",
-              "flops_reduction"]
+              "flops_reduction", "params_stored", "flops_executed"]
 CSV_TAIL = ["paper_top1", "paper_rows", "notes"]
 
 

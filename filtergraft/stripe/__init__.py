@@ -7,11 +7,12 @@ kept stripes, with the BatchNorm folded in.
 
 Modules: `skeleton` (training-time layers and the skeleton update), `conv` (StripeConv and the
 dense / stripe-wise choice), `pruning` (exact pruning, BatchNorm folding, export), `count` (parameters
-and FLOPs). Every public name is importable from this package.
+and FLOPs, as the release counts and as the network runs); every public name of these is importable from
+this package. `report` (pruning after training, its files) is imported on its own.
 """
 from .conv import (MODES, STRIPE_MAX_DENSITY, STRIPE_MIN_CHANNELS, ChannelMajorMaxPool, StripeConv,
                    choose_modes, default_mode, forced_mode, stripe_convs, stripe_summary)
-from .count import count_flops, count_params, stripe_flops
+from .count import count_flops, count_params, program_flops, release_counts, stripe_flops
 from .pruning import export_pruned, fold_batchnorm, prune, require_silent_removal
 from .skeleton import (FilterStripe, stripe_batchnorm, stripe_classifier, stripe_pairs, threshold_skeleton,
                        update_skeleton)
@@ -23,6 +24,6 @@ CHUNK_BYTES = 8 << 20
 
 __all__ = ["CHUNK_BYTES", "MODES", "STRIPE_MAX_DENSITY", "STRIPE_MIN_CHANNELS", "ChannelMajorMaxPool",
            "FilterStripe", "StripeConv", "choose_modes", "count_flops", "count_params", "default_mode",
-           "export_pruned", "fold_batchnorm", "forced_mode", "prune", "require_silent_removal",
-           "stripe_batchnorm", "stripe_classifier", "stripe_convs", "stripe_flops", "stripe_pairs",
-           "stripe_summary", "threshold_skeleton", "update_skeleton"]
+           "export_pruned", "fold_batchnorm", "forced_mode", "program_flops", "prune", "release_counts",
+           "require_silent_removal", "stripe_batchnorm", "stripe_classifier", "stripe_convs", "stripe_flops",
+           "stripe_pairs", "stripe_summary", "threshold_skeleton", "update_skeleton"]

@@ -10,9 +10,16 @@ from ..checkpoint import atomic_save
 from ..engine import evaluate
 from ..session import PRUNE_REPORT, PRUNED_CHECKPOINT, PRUNED_PROGRAM
 from .conv import choose_modes
-from .count import count_flops, count_params, stripe_flops
+from .count import count_params, program_flops, release_counts
 from .pruning import export_pruned, prune
 from .skeleton import FilterStripe, stripe_pairs, threshold_skeleton
+
+# What the counts of prune.json measure (filtergraft/stripe/count.py has the conventions in full).
+COUNTING = {
+    "params, params_pruned, flops, flops_pruned": "as the release counts (the paper's percentages): Filter "
+    "Skeletons and BatchNorm unfolded, each conv over its kept stripes, FLOPs per image",
+    "params_stored, flops_executed": "as pruned.pt2 runs: its parameters, and the FLOPs torch.utils.flop_counter "
+    "counts per image in its layers' chosen stripe-wise or dense forms"}
 
 
 def freeze_conv_weights(model):
@@ -49,18 +56,20 @@ def prune_and_report(model, threshold, test_loader, device, directory, meta, log
     modes = choose_modes(pruned, example)
     acc_pruned = evaluate(pruned.to(device), test_loader, device, prefix="pruned")["pruned_acc"]
     pruned.cpu()
-    report = {"params": count_params(model), "params_pruned": count_params(pruned),
-              "flops": count_flops(model, input_size), "flops_pruned": stripe_flops(pruned, input_size),
-              "acc": masked["masked_acc"], "acc_pruned": acc_pruned, "input_size": list(input_size),
+    atomic_save({"model": pruned, "net": pruned.state_dict(), **meta, "acc": acc_pruned},
+                directory / PRUNED_CHECKPOINT)
+    program = export_pruned(pruned, directory / PRUNED_PROGRAM, example)
+    report = {**release_counts(model, input_size, pruned), "params_stored": count_params(pruned),
+              "flops_executed": program_flops(program, input_size), "acc": masked["masked_acc"],
+              "acc_pruned": acc_pruned, "input_size": list(input_size), "counting": COUNTING,
               "stripe_layers": modes["stripe"], "dense_layers": modes["dense"], "layers": modes["layers"]}
     report["params_reduction"] = reduction(report["params"], report["params_pruned"])
     report["flops_reduction"] = reduction(report["flops"], report["flops_pruned"])
-    atomic_save({"model": pruned, "net": pruned.state_dict(), **meta, "acc": acc_pruned},
-                directory / PRUNED_CHECKPOINT)
     (directory / PRUNE_REPORT).write_text(json.dumps(report, indent=1))
-    export_pruned(pruned, directory / PRUNED_PROGRAM, example)
-    log(f"parameters {report['params']:,} -> {report['params_pruned']:,} (-{report['params_reduction']:.2f}%), "
-        f"FLOPs {report['flops']:,} -> {report['flops_pruned']:,} (-{report['flops_reduction']:.2f}%)")
-    log(f"accuracy {report['acc']:.2f}% masked, {acc_pruned:.2f}% stripe-wise; {modes['stripe']} layers "
-        f"stripe-wise, {modes['dense']} dense; files in {directory}")
+    log(f"as the release counts: parameters {report['params']:,} -> {report['params_pruned']:,} "
+        f"(-{report['params_reduction']:.2f}%), FLOPs {report['flops']:,} -> {report['flops_pruned']:,} "
+        f"(-{report['flops_reduction']:.2f}%)")
+    log(f"as pruned.pt2 runs: {report['flops_executed']:,} FLOPs executed, {report['params_stored']:,} "
+        f"parameters stored; {modes['stripe']} layers stripe-wise, {modes['dense']} dense")
+    log(f"accuracy {report['acc']:.2f}% masked, {acc_pruned:.2f}% pruned; files in {directory}")
     return report
