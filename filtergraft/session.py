@@ -355,7 +355,8 @@ def read_session(path):
         raw = {}
     record, recorded = RunRecord.from_dict(raw), frozenset(RunRecord.fields_in(raw))
     if (path / SINGLE_RUN_FILES.metrics).is_file() or (path / PRUNE_REPORT).is_file():
-        network = read_network(path, SINGLE_RUN_FILES, 1, problems)
+        # A checkpoint pruned by --evaluate trained nothing: no epoch or best checkpoint is missing.
+        network = read_network(path, SINGLE_RUN_FILES, 1, [] if record.evaluate else problems)
         prune = _read_object(path / PRUNE_REPORT, problems) if (path / PRUNE_REPORT).is_file() else None
         return StoredSession(path, "stripe", record, recorded, [network], prune=prune, problems=problems)
     indices = network_indices(path)

@@ -2,10 +2,13 @@
 
     python stripe_pruning/main.py --arch VGG --sr 1e-5 --threshold 0.01 --save runs/vgg_sr    # pruned
     python stripe_pruning/main.py --arch ResNet56 --save runs/r56_base                       # baseline
+    python stripe_pruning/main.py --arch VGG --evaluate release_vgg.pth --threshold 0.01 --save runs/vgg_rel
 
 After training it loads the best checkpoint, removes the pruned stripes, filters and blocks, evaluates the
 stripe-wise network, and writes into --save: metrics.jsonl, best.pth.tar, pruned.pth.tar, prune.json and
 pruned.pt2 (torch.export, dynamic batch size: torch.export.load(path).module()(x), no project code needed).
+--evaluate CHECKPOINT skips training: this project's best.pth.tar or a state dict saved by the release is
+loaded, evaluated, pruned at --threshold (as it stands without one) and written the same way.
 """
 import argparse
 import functools
@@ -13,14 +16,16 @@ import functools
 from filtergraft import cli
 from filtergraft.assembly import build_trainer
 from filtergraft.checkpoint import load_checkpoint, state_dict_of
-from filtergraft.data import DATASETS, cifar_like_datasets, image_folder_datasets
+from filtergraft.data import DATASETS, cifar_like_datasets, image_folder_datasets, make_loaders
+from filtergraft.engine import resolve_device
 from filtergraft.errors import FlagError, UserError, exit_on_user_error
 from filtergraft.models import create_model, model_names
-from filtergraft.record import RunRecord
-from filtergraft.session import SINGLE_RUN_FILES
+from filtergraft.record import RunRecord, environment
+from filtergraft.rng import seed_everything
+from filtergraft.session import SINGLE_RUN_FILES, Session
 from filtergraft.stripe import update_skeleton
+from filtergraft.stripe.checkpoints import load_for_pruning
 from filtergraft.stripe.report import freeze_conv_weights, kept_stripes, prune_and_report
-
 
 
 def build_parser():
@@ -49,6 +54,9 @@ def build_parser():
     parser.add_argument("--device", default=None)
     parser.add_argument("--print-freq", type=cli.positive(int), default=100)
     parser.add_argument("--resume", action="store_true", help="continue from --save's last.pth.tar")
+    parser.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
+                        help="no training: load CHECKPOINT (this project's best.pth.tar or a state dict of the "
+                             "release), evaluate it, prune it at --threshold and write the files into --save")
     cli.add_speed_flags(parser)
     return parser
 
@@ -58,13 +66,22 @@ def stripe_record(args):
     epochs."""
     record = RunRecord.from_flags("stripe_pruning", args)
     cli.check_training(record)
-    if (record.sr is None) != (record.threshold is None):
+    if record.evaluate is not None:
+        trained = [flag for flag, on in (("--sr", record.sr is not None), ("--resume", record.resume),
+                                         ("--freeze-weights", record.freeze_weights)) if on]
+        if trained:
+            raise UserError(f"--evaluate trains nothing: drop {' and '.join(trained)} (--threshold alone "
+                            "sets what is pruned)")
+    elif (record.sr is None) != (record.threshold is None):
         raise UserError("--sr and --threshold go together: give both to prune, neither for the baseline")
-    if record.sr is not None and (record.sr < 0 or record.threshold < 0):
+    if (record.sr or 0) < 0 or (record.threshold or 0) < 0:
         raise UserError(f"--sr and --threshold must be non-negative, not {record.sr} and {record.threshold}")
     if record.num_classes < 2:
         raise FlagError("num_classes", f"{{flag}} must be at least 2, not {record.num_classes}")
-    record.milestones = [m for m in (record.epochs // 2, record.epochs * 3 // 4) if m > 0]
+    if record.evaluate is not None:
+        record.epochs = None  # nothing is trained
+    else:
+        record.milestones = [m for m in (record.epochs // 2, record.epochs * 3 // 4) if m > 0]
     return record
 
 
@@ -78,8 +95,31 @@ def datasets_for(record):
     return cifar_like_datasets(record.dataset, record.data, record.num_classes)
 
 
+def evaluate_checkpoint(record):
+    """--evaluate: the checkpoint and the data are checked before anything is written, then the network is
+    evaluated, pruned and reported as after training (prune_and_report)."""
+    device = resolve_device(record.device)
+    if record.seed is not None:
+        seed_everything(record.seed)
+    model = create_model(record.arch, record.num_classes, kind="stripe")
+    load_for_pruning(model, record.evaluate, f"--evaluate {record.evaluate}")
+    train_set, test_set = datasets_for(record)
+    record.environment = environment([device])
+    session = Session(record.session_dir, SINGLE_RUN_FILES, record=record)
+    _, test_loader, _ = make_loaders(train_set, test_set, record.batch_size, record.workers, record.seed,
+                                     pin_memory=device.type == "cuda", loader=record.loader, device=device)
+    threshold = "as it stands" if record.threshold is None else f"at threshold {record.threshold:g}"
+    session.log(f"{record.arch} from {record.evaluate}, no training; {record.dataset} ({len(test_set)} test "
+                f"images), device {device}, pruned {threshold}")
+    prune_and_report(model, record.threshold, test_loader, device, session.root,
+                     {"arch": record.arch, "num_classes": record.num_classes}, session.log)
+    session.close()
+
+
 def run(args):
     record = stripe_record(args)
+    if record.evaluate is not None:
+        return evaluate_checkpoint(record)
 
     def build_model(num_classes):
         model = create_model(record.arch, num_classes, kind="stripe")

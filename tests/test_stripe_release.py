@@ -1,4 +1,6 @@
-"""The stripe models as the release builds, initialises, updates and counts them (SPEC §5)."""
+"""The stripe models as the release builds, initialises, updates and counts them, and the release's
+checkpoints loaded, pruned and exported (SPEC §5)."""
+import json
 import math
 from pathlib import Path
 
@@ -6,11 +8,15 @@ import pytest
 import torch
 import torch.nn as nn
 
+from filtergraft.errors import UserError
 from filtergraft.models import create_model
 from filtergraft.models.stripe_resnet import StripeResNet56
 from filtergraft.models.stripe_vgg import StripeVGG
-from filtergraft.stripe import (FilterStripe, count_flops, count_params, prune, release_counts, threshold_skeleton,
-                                update_skeleton)
+from filtergraft.stripe import (FilterStripe, count_flops, count_params, program_flops, prune, release_counts,
+                                threshold_skeleton, update_skeleton)
+from filtergraft.stripe.checkpoints import load_for_pruning
+from filtergraft.stripe.report import prune_and_report
+from helpers import one_error_line, run_script
 
 # Every key, shape and dtype of the release's checkpoints, as ../shared/release lists them.
 RELEASE = Path(__file__).resolve().parent / "data" / "release"
@@ -32,6 +38,27 @@ def release_keys(name):
     rows = [line.split("\t") for line in text.splitlines() if not line.startswith("#")]
     return [(key, tuple(int(d) for d in shape.strip("()").split(",") if d.strip()), dtype)
             for key, shape, dtype in rows]
+
+
+def release_state(name, seed):
+    """A state dict with the release's keys and shapes, random values, some stripes, filters and convs zeroed."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape, dtype in release_keys(name):
+        if dtype == "int64":
+            state[key] = torch.tensor(100)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=gen) + 0.5
+        elif key.endswith("FilterSkeleton") and "downsample" not in key:
+            kept = torch.rand(shape, generator=gen) < 0.5
+            kept[: shape[0] // 4] = False  # whole filters without a stripe
+            state[key] = (torch.rand(shape, generator=gen) + 0.5) * kept
+        else:
+            state[key] = torch.randn(shape, generator=gen) * (0.1 if key.endswith("weight") else 0.3)
+    if name == "resnet56":
+        state["layer1.3.conv1.FilterSkeleton"].zero_()  # a block replaced by its shortcut
+        state["layer3.0.conv2.FilterSkeleton"].zero_()  # the same for a block with a 1×1 shortcut
+    return state
 
 
 # ----------------------------------------------------------------------------- architecture and counts
@@ -112,3 +139,66 @@ def test_batchnorm_zeroing_is_where_the_release_zeroes():
             conv.FilterSkeleton[0] = 0
     threshold_skeleton(vgg, 0.01)
     assert all(bn.weight[0] == 0 and bn.bias[0] == 0 and bn.weight[1] == 0.5 for _, bn in vgg.stripe_pairs())
+
+
+# ----------------------------------------------------------------------------- the release's checkpoints
+
+
+@pytest.mark.parametrize("name,arch", [("resnet56", "ResNet56"), ("vgg16", "VGG")])
+def test_release_state_dict_loads_prunes_exactly_and_exports(tmp_path, name, arch):
+    state = release_state(name, seed=1)
+    path = tmp_path / "release.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 160}, path)
+    model = create_model(arch, 10, kind="stripe")
+    load_for_pruning(model, path, "release checkpoint")
+    assert torch.equal(model.state_dict()["fc.weight" if name == "resnet56" else "classifier.weight"],
+                       state["fc.weight" if name == "resnet56" else "classifier.weight"])
+    gen = torch.Generator().manual_seed(2)
+    loader = [(torch.randn(4, *INPUT, generator=gen), torch.randint(0, 10, (4,), generator=gen))]
+    report = prune_and_report(model, 0.0, loader, torch.device("cpu"), tmp_path, {"arch": arch}, log=lambda _: None)
+    pruned = prune(model)  # the masked network after prune_and_report's thresholding, pruned again
+    x = loader[0][0]
+    with torch.no_grad():
+        ref = model.eval()(x)
+        program = torch.export.load(tmp_path / "pruned.pt2")
+        assert (program.module()(x) - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
+        assert (pruned(x) - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
+    assert report["acc_pruned"] == report["acc"]
+    written = json.loads((tmp_path / "prune.json").read_text())
+    assert written["flops_executed"] == program_flops(program, INPUT) == report["flops_executed"]
+    assert written["params_stored"] == sum(p.numel() for p in program.module().parameters())
+    assert written["flops_pruned"] < written["flops"] and written["params_pruned"] < written["params"]
+    assert written["flops"] == release_counts(model, INPUT)["flops"]
+
+
+def test_foreign_state_dicts_are_refused(tmp_path):
+    path = tmp_path / "cifar.pth"
+    torch.save({"net": create_model("resnet56").state_dict(), "arch": "resnet56"}, path)
+    with pytest.raises(UserError, match=r"no StripeResNet56 state dict .*\(written for arch resnet56\)"):
+        load_for_pruning(StripeResNet56(), path, "checkpoint")
+    wrong_classes = {k: v for k, v in release_state("resnet56", 0).items()}
+    wrong_classes["fc.weight"], wrong_classes["fc.bias"] = torch.zeros(100, 64), torch.zeros(100)
+    torch.save(wrong_classes, path)
+    with pytest.raises(UserError, match=r"fc.weight is \(100, 64\)"):
+        load_for_pruning(StripeResNet56(), path, "checkpoint")
+
+
+def test_the_script_evaluates_a_release_checkpoint_and_refuses_a_foreign_one(tmp_path):
+    release = tmp_path / "release.pth"
+    torch.save(release_state("resnet56", seed=3), release)
+    save = tmp_path / "evaluated"
+    result = run_script("stripe_pruning/main.py", "--arch", "ResNet56", "--dataset", "fake", "--evaluate", release,
+                        "--threshold", 0.0, "--workers", 0, "--save", save, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((save / "prune.json").read_text())
+    assert report["acc_pruned"] == pytest.approx(report["acc"], abs=1e-9)
+    assert report["flops"] == 252_585_226 and report["params"] == 874_154
+    assert report["flops_executed"] == program_flops(torch.export.load(save / "pruned.pt2"), INPUT)
+    assert f"{report['flops_executed']:,} FLOPs executed" in result.stdout
+    assert not (save / "best.pth.tar").exists() and (save / "pruned.pth.tar").exists()
+    foreign = tmp_path / "foreign.pth"
+    torch.save(create_model("vgg16").state_dict(), foreign)
+    refused = run_script("stripe_pruning/main.py", "--arch", "ResNet56", "--dataset", "fake", "--evaluate", foreign,
+                         "--save", tmp_path / "refused")
+    assert "no StripeResNet56 state dict in this project's naming nor the release's" in one_error_line(refused)
+    assert not (tmp_path / "refused").exists()

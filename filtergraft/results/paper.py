@@ -158,12 +158,16 @@ def configuration(session):
     """The fields a StoredSession is described and matched on, None where not recorded: script, kind, arch
     (lower case; stripe architectures by the papers' names), data (cifar, imagenet, imagefolder, digits, fake),
     dataset, num_classes, num, level, criterion, source, difflr, cos, teachers (a tuple of architectures),
-    sr, threshold, pruned, pretrained, epochs (planned)."""
+    sr, threshold, pruned, evaluate (a checkpoint pruned without training), pretrained, epochs (planned)."""
     get, kind = session.get, session.kind
     arch, dataset = (name.lower() if isinstance(name, str) else None for name in (get("arch"), get("dataset")))
     if kind == "stripe":
         arch = STRIPE_ARCHS.get(arch, arch)
     script, num_classes, sr = get("script"), get("num_classes"), get("sr")
+    evaluate = get("evaluate") if kind == "stripe" else None
+    pruned = None
+    if kind == "stripe" and (evaluate or sr is not None):
+        pruned = bool(evaluate or sr)
     data = dataset
     # An image folder of 1000 classes is taken for ImageNet: nothing else in a session tells them apart.
     if dataset in ("imagenet", "imagefolder") or (dataset is None and script == "grafting_imagenet"):
@@ -173,7 +177,7 @@ def configuration(session):
             "num_classes": num_classes, "num": get("num") if kind == "grafting" else 1, "level": get("level"),
             "criterion": get("criterion"), "source": get("source"), "difflr": get("difflr"), "cos": get("cos"),
             "teachers": teachers, "sr": sr, "threshold": get("threshold"),
-            "pruned": bool(sr) if kind == "stripe" and sr is not None else None,
+            "pruned": pruned, "evaluate": evaluate,
             "pretrained": get("pretrained"), "epochs": get("epochs")}
 
 

@@ -10,6 +10,9 @@ from .paper import configuration, paper_rows_for
 def method_label(config):
     """A short name of what the session ran: baseline, grafting (slr/dlr), distillation, grafting+, ..."""
     if config["kind"] == "stripe":
+        if config.get("evaluate"):
+            threshold = "" if config["threshold"] is None else f" at threshold {config['threshold']:g}"
+            return f"pruned from a checkpoint{threshold} (no training)"
         if config["sr"] is None:
             return "stripe-wise training (flags not recorded)"
         if not config["sr"]:

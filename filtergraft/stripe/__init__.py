@@ -8,7 +8,8 @@ kept stripes, with the BatchNorm folded in.
 Modules: `skeleton` (training-time layers and the skeleton update), `conv` (StripeConv and the
 dense / stripe-wise choice), `pruning` (exact pruning, BatchNorm folding, export), `count` (parameters
 and FLOPs, as the release counts and as the network runs); every public name of these is importable from
-this package. `report` (pruning after training, its files) is imported on its own.
+this package. `report` (pruning after training, its files) and `checkpoints` (this project's and the
+release's checkpoints for pruning) are imported on their own.
 """
 from .conv import (MODES, STRIPE_MAX_DENSITY, STRIPE_MIN_CHANNELS, ChannelMajorMaxPool, StripeConv,
                    choose_modes, default_mode, forced_mode, stripe_convs, stripe_summary)
