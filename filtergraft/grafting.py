@@ -3,6 +3,7 @@ peer's weights layer by layer or filter by filter, or with scions from noise or 
 import math
 import operator
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import fx, nn
@@ -24,8 +25,31 @@ CHANNELWISE_FUNCTIONS = (torch.relu, torch.flatten, nn.functional.relu, nn.funct
                          nn.functional.max_pool2d, nn.functional.adaptive_avg_pool2d)
 
 
-def layer_entropy(weight, bins=BINS):
-    """H = −Σ p_k log p_k over `bins` equal bins of [min, max] (the maximum in the last bin); 0 if constant."""
+def release_bin_counts(weight, bins=BINS):
+    """n_k = #{x : min + k·s ≤ x < min + (k+1)·s}, s = (max − min)/bins, every bound in the weight's dtype."""
+    values = weight.detach().flatten()
+    low, high = values.min(), values.max()
+    step = (high - low) / bins
+    # Each bound as the release's loop made it: k·s, then + min, two roundings (separate kernels, no FMA).
+    edges = torch.arange(bins + 1, dtype=values.dtype, device=values.device).mul(step).add(low)
+    # The number of bounds ≤ x is k + 1 exactly when x lies in bin k; bins + 1 means in none (the maximum,
+    # whenever min + bins·s rounds to at most it).
+    index = torch.bucketize(values, edges, right=True)
+    return torch.bincount(index, minlength=bins + 2)[1:bins + 1]
+
+
+def _release_entropy(weight, bins):
+    """H = −Σ p_k ln p_k, p_k = n_k / n over all n values (release_bin_counts), in float32 bin by bin."""
+    p = release_bin_counts(weight, bins).float() / weight.numel()
+    terms = torch.where(p > 0, p * p.log(), torch.zeros_like(p))
+    entropy = torch.zeros((), dtype=p.dtype, device=p.device)
+    for term in terms:  # the release's order of summation; an empty bin adds nothing
+        entropy = entropy - term
+    return entropy.double()
+
+
+def _closed_entropy(weight, bins):
+    """H = −Σ p_k ln p_k over `bins` closed bins of [min, max] (the maximum in the last), in float64."""
     values = weight.detach().double().flatten()
     low, high = values.min(), values.max()
     span = (high - low).clamp_min(torch.finfo(values.dtype).tiny)
@@ -33,6 +57,16 @@ def layer_entropy(weight, bins=BINS):
     p = torch.bincount(index, minlength=bins).double() / values.numel()
     entropy = -(p * p.clamp_min(1e-300).log()).sum()
     return torch.where(high > low, entropy, torch.zeros_like(entropy))
+
+
+def layer_entropy(weight, bins=BINS, binning="release"):
+    """H = −Σ p_k ln p_k of the layer's values in `bins` bins of [min, max], binned as the release
+    ("release", SPEC §3) or in closed bins ("closed"); a float64 scalar tensor, 0 for a constant tensor."""
+    if binning == "release":
+        return _release_entropy(weight, bins)
+    if binning == "closed":
+        return _closed_entropy(weight, bins)
+    raise ValueError(f"entropy binning must be one of {ENTROPY_BINS}, not {binning!r}")
 
 
 def l1_information(weight):
@@ -160,13 +194,22 @@ def graft_units(model):
 class Grafter:
     """Grafts a model with a peer's pre-graft weights at the end of each epoch (SPEC §3)."""
 
-    def __init__(self, model, a=DEFAULT_A, c=DEFAULT_C, criterion="entropy", level="layer"):
+    def __init__(self, model, a=DEFAULT_A, c=DEFAULT_C, criterion="entropy", level="layer", entropy_bins="release"):
+        if entropy_bins not in ENTROPY_BINS:
+            raise ValueError(f"entropy_bins must be one of {ENTROPY_BINS}, not {entropy_bins!r}")
         self.model = model
         self.a = a
         self.c = c
         self.information = CRITERIA[criterion]
+        if criterion == "entropy":
+            self.information = partial(layer_entropy, binning=entropy_bins)
         self.level = level
         self.units = graft_units(model)
+
+    @classmethod
+    def for_record(cls, model, record):
+        """The Grafter of a run record (record.RunRecord): its a, c, criterion, level and entropy_bins."""
+        return cls(model, record.a, record.c, record.criterion, record.level, record.entropy_bins)
 
     @torch.no_grad()
     def graft(self, peer_state):
@@ -175,8 +218,8 @@ class Grafter:
         own = self.model.state_dict()
         device = own[self.units[0].weight].device
         peer = {k: peer_state[k].to(device, non_blocking=True) for k in own if own[k].is_floating_point()}
-        h_self = torch.stack([self.information(own[u.weight]) for u in self.units])
-        h_peer = torch.stack([self.information(peer[u.weight]) for u in self.units])
+        h_self = torch.stack([self.information(own[u.weight]).double() for u in self.units])
+        h_peer = torch.stack([self.information(peer[u.weight]).double() for u in self.units])
         alphas = graft_coefficient(h_self, h_peer, self.a, self.c)
         coefficients = {}
         for unit, alpha in zip(self.units, alphas):
@@ -247,9 +290,10 @@ def graft_noise(model, sigma, threshold):
 
 
 @torch.no_grad()
-def graft_internal(model, threshold, a=DEFAULT_A, c=DEFAULT_C):
+def graft_internal(model, threshold, a=DEFAULT_A, c=DEFAULT_C, entropy_bins="release"):
     """Internal scion: in each conv, the k-th weakest of the filters with L1 norm < threshold is grafted
-    with the k-th strongest filter, W ← α·W + (1 − α)·W_strong, α from the two filters' entropies."""
+    with the k-th strongest filter, W ← α·W + (1 − α)·W_strong, α from the two filters' entropies
+    (binned as `entropy_bins`)."""
     layers = []
     for name, conv in _conv_layers(model):
         weight = conv.weight
@@ -258,8 +302,8 @@ def graft_internal(model, threshold, a=DEFAULT_A, c=DEFAULT_C):
         count = min(invalid.numel(), weight.shape[0] - invalid.numel())
         weak, strong = invalid[:count], order.flip(0)[:count]
         if count:
-            h_weak = torch.stack([layer_entropy(weight[i]) for i in weak])
-            h_strong = torch.stack([layer_entropy(weight[i]) for i in strong])
+            h_weak = torch.stack([layer_entropy(weight[i], binning=entropy_bins) for i in weak])
+            h_strong = torch.stack([layer_entropy(weight[i], binning=entropy_bins) for i in strong])
             alpha = graft_coefficient(h_weak, h_strong, a, c).to(weight.dtype).view(-1, 1, 1, 1)
             weight[weak] = alpha * weight[weak] + (1 - alpha) * weight[strong]
         layers.append({"name": name, "invalid": int(invalid.numel()), "grafted": count})

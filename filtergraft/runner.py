@@ -23,7 +23,7 @@ class GraftHook:
         self.record = record
         self.exchange = exchange
         self.evaluate = evaluate
-        self.grafter = Grafter(model, record.a, record.c, record.criterion, record.level)
+        self.grafter = Grafter.for_record(model, record)
 
     def __call__(self, epoch):
         start = time.perf_counter()
@@ -31,7 +31,8 @@ class GraftHook:
         if r.source == "noise":
             entry = {"source": "noise", "layers": graft_noise(self.model, r.noise_decay ** epoch, r.invalid_threshold)}
         elif r.source == "internal":
-            entry = {"source": "internal", "layers": graft_internal(self.model, r.invalid_threshold, r.a, r.c)}
+            entry = {"source": "internal", "layers": graft_internal(self.model, r.invalid_threshold, r.a, r.c,
+                                                                        r.entropy_bins)}
         else:
             own = self.model.state_dict()
             self.exchange.publish(epoch, own)
@@ -83,8 +84,9 @@ def run_network(trainer, record):
     grafting = exchange is not None or record.source != "external"
     if exchange is not None:
         trainer.check_abort = exchange.check
+        information = f"entropy, {record.entropy_bins} bins" if record.criterion == "entropy" else record.criterion
         session.log(f"network {record.index}/{record.num} grafts from network {exchange.peer} "
-                    f"({record.level} level, {record.criterion}, A={record.a}, c={record.c})")
+                    f"({record.level} level, {information}, A={record.a}, c={record.c})")
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         evaluate = trainer.evaluate if record.eval_grafted else None

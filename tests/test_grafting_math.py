@@ -8,7 +8,8 @@ import torch
 import torchvision
 from torch import nn
 
-from filtergraft.grafting import Grafter, graft_coefficient, graft_internal, graft_noise, graft_units, layer_entropy
+from filtergraft.grafting import (Grafter, graft_coefficient, graft_internal, graft_noise, graft_units, layer_entropy,
+                                  release_bin_counts)
 from filtergraft.models import create_model
 
 
@@ -21,20 +22,86 @@ def numpy_entropy(values, bins=10):
     return float(-(p * np.log(p)).sum())
 
 
-def test_entropy_hand_values():
-    assert float(layer_entropy(torch.full((4, 3, 3, 3), 0.7))) == 0.0
-    assert float(layer_entropy(torch.tensor([0.0, 0.0, 1.0, 1.0]))) == pytest.approx(math.log(2))
-    assert float(layer_entropy(torch.arange(10.0))) == pytest.approx(math.log(10))
+def test_closed_entropy_hand_values():
+    closed = lambda w: float(layer_entropy(w, binning="closed"))  # noqa: E731
+    assert closed(torch.full((4, 3, 3, 3), 0.7)) == 0.0
+    assert closed(torch.tensor([0.0, 0.0, 1.0, 1.0])) == pytest.approx(math.log(2))
+    assert closed(torch.arange(10.0)) == pytest.approx(math.log(10))
     # three values in bins 0, 4 and 9 with counts 2, 1, 1
-    assert float(layer_entropy(torch.tensor([0.0, 0.0, 0.45, 1.0]))) == pytest.approx(
+    assert closed(torch.tensor([0.0, 0.0, 0.45, 1.0])) == pytest.approx(
         -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
 
 
-def test_entropy_matches_numpy_histogram():
+def test_closed_entropy_matches_numpy_histogram():
     torch.manual_seed(0)
     for shape in [(16, 3, 3, 3), (64, 32, 3, 3), (10, 64)]:
         w = torch.randn(shape) * 0.1
-        assert float(layer_entropy(w)) == pytest.approx(numpy_entropy(w.numpy()), abs=1e-12)
+        assert float(layer_entropy(w, binning="closed")) == pytest.approx(numpy_entropy(w.numpy()), abs=1e-12)
+
+
+def numpy_release_bins(values, bins=10):
+    """The release's histogram in NumPy float32 scalars: (counts n_k, whether min + bins·s ≤ max, i.e. the
+    maximum lies in no bin)."""
+    x = np.asarray(values, dtype=np.float32).ravel()
+    low, high = x.min(), x.max()
+    step = (high - low) / np.float32(bins)
+    counts = []
+    for k in range(bins):
+        lower, upper = low + np.float32(k) * step, low + np.float32(k + 1) * step
+        counts.append(int(np.count_nonzero((x >= lower) & (x < upper))))
+    return counts, bool(low + np.float32(bins) * step <= high)
+
+
+def numpy_release_entropy(values, bins=10):
+    counts, _ = numpy_release_bins(values, bins)
+    n = np.float32(np.asarray(values).size)
+    h = np.float32(0)
+    for count in counts:
+        if count:
+            p = np.float32(count) / n
+            h = h - p * np.log(p)
+    return float(h)
+
+
+def edge_probe(low, high, seed):
+    """Values in [low, high]: both ends, every float32 bin bound low + k·s and the float32 just below each."""
+    low, high = np.float32(low), np.float32(high)
+    step = (high - low) / np.float32(10)
+    edges = np.array([low + np.float32(k) * step for k in range(1, 10)], dtype=np.float32)
+    below = np.nextafter(edges, np.float32(-np.inf))
+    inside = np.random.default_rng(seed).uniform(low, high, 500).astype(np.float32)
+    return torch.from_numpy(np.concatenate([[low, high], edges, below, inside]).astype(np.float32))
+
+
+@pytest.mark.parametrize("low, high, max_in_no_bin", [(-1.0, 0.7, False), (0.0, 1.0, True), (0.0, 0.1, True)])
+def test_release_entropy_matches_an_independent_float32_histogram(low, high, max_in_no_bin):
+    w = edge_probe(low, high, seed=int(10 * high))
+    counts, outside = numpy_release_bins(w.numpy())
+    assert outside == max_in_no_bin  # the case this tensor was built for
+    assert release_bin_counts(w).tolist() == counts
+    assert sum(counts) == w.numel() - (int((w == w.max()).sum()) if outside else 0)
+    h = float(layer_entropy(w))
+    assert h == pytest.approx(numpy_release_entropy(w.numpy()), rel=1e-6)
+    if outside:  # the maximum counts in n but in no bin: the release's entropy is not the closed one
+        assert abs(h - float(layer_entropy(w, binning="closed"))) > 1e-4
+
+
+def test_release_entropy_hand_values():
+    assert float(layer_entropy(torch.full((4, 3, 3, 3), 0.7))) == 0.0
+    # min + 10·s rounds to exactly 1.0 in float32, so the two 1.0 fall in no bin: p = (1/2), H = ln(2)/2
+    assert float(layer_entropy(torch.tensor([0.0, 0.0, 1.0, 1.0]))) == pytest.approx(math.log(2) / 2)
+
+
+def test_release_entropy_of_random_layers_matches_numpy():
+    torch.manual_seed(1)
+    cases = {True: 0, False: 0}
+    for shape in [(16, 3, 3, 3), (64, 32, 3, 3), (10, 64), (128, 64, 1, 1), (32, 1, 3, 3)] * 8:
+        w = torch.randn(shape) * torch.rand(()) + torch.randn(())
+        counts, outside = numpy_release_bins(w.numpy())
+        cases[outside] += 1
+        assert release_bin_counts(w).tolist() == counts
+        assert float(layer_entropy(w)) == pytest.approx(numpy_release_entropy(w.numpy()), rel=1e-6)
+    assert cases[True] and cases[False]  # both kinds of tensor occurred
 
 
 def test_graft_coefficient_hand_values():
@@ -88,7 +155,7 @@ def test_layer_grafting_mixes_each_layer_with_its_own_alpha():
     own, peer = randomised("vgg11", 0), randomised("vgg11", 1)
     before = {k: v.clone() for k, v in own.state_dict().items()}
     peer_state = peer.state_dict()
-    records = {r["name"]: r for r in Grafter(own).graft(peer_state)}
+    records = {r["name"]: r for r in Grafter(own, entropy_bins="closed").graft(peer_state)}
     for layer, norm in [("features.0", "features.1"), ("features.8", "features.9"), ("classifier", None)]:
         w_self, w_peer = before[f"{layer}.weight"], peer_state[f"{layer}.weight"]
         alpha = graft_coefficient(numpy_entropy(w_self.numpy()), numpy_entropy(w_peer.numpy()))
