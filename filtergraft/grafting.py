@@ -191,10 +191,46 @@ def graft_units(model):
     return units
 
 
-class Grafter:
-    """Grafts a model with a peer's pre-graft weights at the end of each epoch (SPEC §3)."""
+def _kind(modules, key):
+    """What a state-dict tensor is, for the log: 'conv weight', 'linear bias', 'BatchNorm tensor', ..."""
+    name, _, tensor = key.rpartition(".")
+    module = modules[name]
+    if isinstance(module, NORM_TYPES):
+        return "BatchNorm tensor"
+    if isinstance(module, nn.Conv2d):
+        return f"conv {tensor}"
+    if isinstance(module, nn.Linear):
+        return f"linear {tensor}"
+    return f"{type(module).__name__} {tensor}"
 
-    def __init__(self, model, a=DEFAULT_A, c=DEFAULT_C, criterion="entropy", level="layer", entropy_bins="release"):
+
+def _by_kind(modules, keys):
+    """'8 conv weights, 32 BatchNorm tensors': how many of `keys` are of each kind, in order of appearance."""
+    counts = {}
+    for key in keys:
+        kind = _kind(modules, key)
+        counts[kind] = counts.get(kind, 0) + 1
+    plural = lambda word: word + ("es" if word.endswith("s") else "s")  # noqa: E731
+    return ", ".join(f"{n} {plural(kind) if n > 1 else kind}" for kind, n in counts.items())
+
+
+def _input_coefficients(w_in, conv):
+    """The [out, in/groups] coefficients of a conv's weight from per-input-channel coefficients w_in:
+    element [j, k] reads input channel k of filter j's group."""
+    groups = conv.groups
+    per_group = w_in.view(groups, 1, conv.in_channels // groups)
+    return per_group.expand(groups, conv.out_channels // groups, -1).reshape(conv.out_channels, -1)
+
+
+class Grafter:
+    """Grafts a model with a peer's pre-graft weights at the end of each epoch (SPEC §3).
+
+    At level 'layer' every floating tensor is mixed, each unit's with the α of its own layer. With
+    `conv_only`, and always at level 'filter' (the release's VGG script), only conv weights and the
+    BatchNorms after them are mixed; conv biases, Linear layers and any other tensor stay the network's own."""
+
+    def __init__(self, model, a=DEFAULT_A, c=DEFAULT_C, criterion="entropy", level="layer",
+                 entropy_bins="release", conv_only=False):
         if entropy_bins not in ENTROPY_BINS:
             raise ValueError(f"entropy_bins must be one of {ENTROPY_BINS}, not {entropy_bins!r}")
         self.model = model
@@ -204,46 +240,72 @@ class Grafter:
         if criterion == "entropy":
             self.information = partial(layer_entropy, binning=entropy_bins)
         self.level = level
-        self.units = graft_units(model)
+        self.conv_only = conv_only or level == "filter"
+        self.modules = dict(model.named_modules())
+        units = graft_units(model)
+        # (unit, the state-dict keys mixed with its coefficient), for the units that mix anything
+        self.plan = [(unit, keys) for unit in units if (keys := self._mixed_keys(unit))]
+        self.mixed = [key for _, keys in self.plan for key in keys]
+        mixed = set(self.mixed)
+        self.kept = [key for unit in units for key in unit.members if key not in mixed]
 
     @classmethod
     def for_record(cls, model, record):
-        """The Grafter of a run record (record.RunRecord): its a, c, criterion, level and entropy_bins."""
-        return cls(model, record.a, record.c, record.criterion, record.level, record.entropy_bins)
+        """The Grafter of a run record (record.RunRecord): its a, c, criterion, level, entropy_bins, conv_only."""
+        return cls(model, record.a, record.c, record.criterion, record.level, record.entropy_bins,
+                   bool(record.conv_only))
+
+    def _mixed_keys(self, unit):
+        if not self.conv_only:
+            return unit.members
+        if not isinstance(self.modules[unit.name], nn.Conv2d):
+            return []
+        return [key for key in unit.members if key != f"{unit.name}.bias"]
+
+    def describe(self):
+        """One line for the log: how many tensors the graft mixes, by kind, and which stay the network's own."""
+        if not self.kept:
+            kept = "nothing"
+        elif len(self.kept) <= 4:
+            kept = ", ".join(self.kept)
+        else:
+            kept = f"{len(self.kept)} tensors ({_by_kind(self.modules, self.kept)})"
+        mixed = f"{len(self.mixed)} tensors ({_by_kind(self.modules, self.mixed)})"
+        return f"grafting mixes {mixed}; keeps its own: {kept}"
 
     @torch.no_grad()
     def graft(self, peer_state):
-        """W ← α·W + (1 − α)·W_peer for every unit (per filter at level 'filter'); returns the per-layer
-        records [{name, alpha, h_self, h_peer}]."""
+        """W ← α·W + (1 − α)·W_peer for every mixed tensor (per filter at level 'filter'); returns the
+        records [{name, alpha, h_self, h_peer}] of the layers mixed."""
+        if not self.plan:
+            return []
         own = self.model.state_dict()
-        device = own[self.units[0].weight].device
-        peer = {k: peer_state[k].to(device, non_blocking=True) for k in own if own[k].is_floating_point()}
-        h_self = torch.stack([self.information(own[u.weight]).double() for u in self.units])
-        h_peer = torch.stack([self.information(peer[u.weight]).double() for u in self.units])
+        device = own[self.plan[0][0].weight].device
+        peer = {key: peer_state[key].to(device, non_blocking=True) for key in self.mixed}
+        units = [unit for unit, _ in self.plan]
+        h_self = torch.stack([self.information(own[u.weight]).double() for u in units])
+        h_peer = torch.stack([self.information(peer[u.weight]).double() for u in units])
         alphas = graft_coefficient(h_self, h_peer, self.a, self.c)
-        coefficients = {}
-        for unit, alpha in zip(self.units, alphas):
-            for key in unit.members:
-                coefficients[key] = alpha.to(own[key].dtype)
+        coefficients = {key: alpha.to(own[key].dtype) for (_, keys), alpha in zip(self.plan, alphas) for key in keys}
         if self.level == "filter":
             coefficients.update(self._filter_coefficients(own, peer))
         for key, coef in coefficients.items():
             own[key].mul_(coef).add_((1 - coef) * peer[key])
-        records = zip(self.units, alphas.tolist(), h_self.tolist(), h_peer.tolist())
+        records = zip(units, alphas.tolist(), h_self.tolist(), h_peer.tolist())
         layers = [{"name": u.name, "alpha": alpha, "h_self": hs, "h_peer": hp} for u, alpha, hs, hp in records]
         if self.level == "filter":
-            for record, unit in zip(layers, self.units):
-                if unit.weight in coefficients and coefficients[unit.weight].dim() > 0:
-                    record["alpha"] = float(coefficients[unit.weight].mean())
+            for record, unit in zip(layers, units):
+                if coefficients[unit.weight].dim() > 0:
+                    record["alpha"] = float(coefficients[unit.weight].double().mean())
         return layers
 
     def _filter_coefficients(self, own, peer):
-        """Per-channel coefficients w_j = |γ_self,j| / (|γ_self,j| + |γ_peer,j|) of every BatchNorm, applied
-        to output filter j of the layer before it, to its channel j, and to input channel j of the layers
-        after it; a weight touched from both sides takes the mean of its two coefficients."""
+        """Per-channel coefficients w_j = |γ_self,j| / (|γ_self,j| + |γ_peer,j|) of the BatchNorm after each
+        conv: its channel j and the conv's output filter j take w_j, input channel k of the convs it feeds
+        takes w_k, so conv element [j, k] takes w_j·w_k (the release mixed inputs, then outputs)."""
         out_coef, in_coef = {}, {}
-        for unit in self.units:
-            if unit.norm is None:
+        for unit, _ in self.plan:
+            if unit.norm is None or f"{unit.norm}.weight" not in own:  # no BatchNorm, or one without γ
                 continue
             gamma_self = own[f"{unit.norm}.weight"].abs()
             gamma_peer = peer[f"{unit.norm}.weight"].abs()
@@ -253,21 +315,19 @@ class Grafter:
             for layer in unit.next_layers:
                 in_coef[layer] = w
         coefficients = {}
-        for unit in self.units:
+        for unit, keys in self.plan:
             w_out, w_in = out_coef.get(unit.name), in_coef.get(unit.name)
             if w_out is None and w_in is None:
-                continue
+                continue  # a conv no BatchNorm touches keeps the α of its layer
             weight = own[unit.weight]
-            shape = [1] * weight.dim()
-            parts = []
+            coef = torch.ones(weight.shape[:2], dtype=weight.dtype, device=weight.device)
             if w_out is not None:
-                parts.append(w_out.view(-1, *shape[1:]))
+                coef = coef * w_out.view(-1, 1)
             if w_in is not None:
-                repeat = weight.shape[1] // w_in.numel()  # a flattened C×H×W input feeds a Linear
-                parts.append(w_in.repeat_interleave(repeat).view(1, -1, *shape[2:]))
-            coefficients[unit.weight] = sum(parts) / len(parts)
+                coef = coef * _input_coefficients(w_in, self.modules[unit.name])
+            coefficients[unit.weight] = coef.view(*weight.shape[:2], *[1] * (weight.dim() - 2))
             if w_out is not None:
-                for key in unit.members:
+                for key in keys:
                     if key != unit.weight:
                         coefficients[key] = w_out
         return coefficients

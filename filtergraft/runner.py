@@ -86,7 +86,8 @@ def run_network(trainer, record):
         trainer.check_abort = exchange.check
         information = f"entropy, {record.entropy_bins} bins" if record.criterion == "entropy" else record.criterion
         session.log(f"network {record.index}/{record.num} grafts from network {exchange.peer} "
-                    f"({record.level} level, {information}, A={record.a}, c={record.c})")
+                    f"({record.level} level, {information}, A={record.a}, c={record.c}); "
+                    f"{Grafter.for_record(trainer.model, record).describe()}")
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         evaluate = trainer.evaluate if record.eval_grafted else None

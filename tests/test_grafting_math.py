@@ -182,13 +182,46 @@ def test_filter_level_grafting_uses_per_channel_gamma_coefficients():
     def mixed(key, coef):
         return coef * before[key] + (1 - coef) * p[key]
 
-    w1, w2, w_last = w("features.1"), w("features.5"), w("features.26")
+    w1, w2 = w("features.1"), w("features.5")
     torch.testing.assert_close(after["features.0.weight"], mixed("features.0.weight", w1.view(-1, 1, 1, 1)))
-    torch.testing.assert_close(after["features.0.bias"], mixed("features.0.bias", w1))
     torch.testing.assert_close(after["features.1.running_var"], mixed("features.1.running_var", w1))
-    between = (w2.view(-1, 1, 1, 1) + w1.view(1, -1, 1, 1)) / 2  # output filter k of BN 5, input channel j of BN 1
+    between = w2.view(-1, 1, 1, 1) * w1.view(1, -1, 1, 1)  # output filter j of BN 5, input channel k of BN 1
     torch.testing.assert_close(after["features.4.weight"], mixed("features.4.weight", between))
-    torch.testing.assert_close(after["classifier.weight"], mixed("classifier.weight", w_last.view(1, -1)))
+    for key in ("features.0.bias", "features.4.bias", "classifier.weight", "classifier.bias"):
+        assert torch.equal(after[key], before[key]), key  # the release's filter-level script kept these
+
+
+def test_filter_level_depthwise_conv_reads_its_own_input_channel():
+    own, peer = randomised("mobilenetv2", 5), randomised("mobilenetv2", 6)
+    before = {k: v.clone() for k, v in own.state_dict().items()}
+    p = peer.state_dict()
+    Grafter(own, level="filter").graft(p)
+
+    def w(bn):
+        g_self, g_peer = before[f"{bn}.weight"].abs(), p[f"{bn}.weight"].abs()
+        return g_self / (g_self + g_peer)
+
+    key = "layers.3.conv2.weight"  # depthwise: filter j reads input channel j alone
+    coef = (w("layers.3.bn2") * w("layers.3.bn1")).view(-1, 1, 1, 1)
+    torch.testing.assert_close(own.state_dict()[key], coef * before[key] + (1 - coef) * p[key])
+
+
+def test_conv_only_mixes_conv_weights_and_their_batchnorms_alone():
+    own, peer = randomised("vgg11", 7), randomised("vgg11", 8)
+    before = {k: v.clone() for k, v in own.state_dict().items()}
+    p = peer.state_dict()
+    grafter = Grafter(own, conv_only=True)
+    records = {r["name"]: r["alpha"] for r in grafter.graft(p)}
+    after = own.state_dict()
+    assert set(records) == {f"features.{i}" for i in (0, 4, 8, 11, 15, 18, 22, 25)}
+    alpha = records["features.8"]
+    for key in ("features.8.weight", "features.9.weight", "features.9.running_mean"):
+        torch.testing.assert_close(after[key], alpha * before[key] + (1 - alpha) * p[key])
+    for key in ("features.8.bias", "classifier.weight", "classifier.bias"):
+        assert torch.equal(after[key], before[key]), key
+    assert grafter.describe() == ("grafting mixes 40 tensors (8 conv weights, 32 BatchNorm tensors); keeps its "
+                                  "own: 10 tensors (8 conv biases, 1 linear weight, 1 linear bias)")
+    assert Grafter(own).describe().endswith("keeps its own: nothing")
 
 
 def with_invalid_filters(seed):

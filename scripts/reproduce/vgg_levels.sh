@@ -10,10 +10,9 @@ source "$(dirname "$0")/common.sh"
 LAUNCH=$REPO_ROOT/grafting_cifar
 for cifar in ${CIFARS:-10 100}; do
     config "vgg16_c${cifar}_baseline" MODEL=vgg16 CIFAR="$cifar" NUM=1 bash "$LAUNCH/baseline.sh" "$@"
-    for level in layer filter; do
-        # the release's VGG script grafts conv weights and their BatchNorms only (biases, classifier unmixed)
-        config "vgg16_c${cifar}_${level}" MODEL=vgg16 CIFAR="$cifar" NUM=2 bash "$LAUNCH/grafting.sh" --level "$level" \
-            --conv-only "$@"
-    done
+    # the release's VGG script made both rows: conv weights and their BatchNorms mixed, conv biases and the
+    # classifier each network's own (--conv-only; always so at the filter level)
+    config "vgg16_c${cifar}_layer" MODEL=vgg16 CIFAR="$cifar" NUM=2 bash "$LAUNCH/grafting.sh" --level layer --conv-only "$@"
+    config "vgg16_c${cifar}_filter" MODEL=vgg16 CIFAR="$cifar" NUM=2 bash "$LAUNCH/grafting.sh" --level filter "$@"
 done
 finish
