@@ -5,8 +5,8 @@
 import argparse
 from pathlib import Path
 
-from filtergraft.analysis import count_invalid_filters
-from filtergraft.checkpoint import load_checkpoint, state_dict_of
+from filtergraft.analysis import count_invalid_filters, counted_checkpoint
+from filtergraft.checkpoint import load_checkpoint
 from filtergraft.errors import UserError, exit_on_user_error
 from filtergraft.session import NotASession, read_session
 
@@ -30,8 +30,8 @@ def network_rows(path, thresholds):
     for network in session.networks:
         if network.best_path is None:
             raise UserError(f"{path}: network {network.index} has no finished epoch or no best checkpoint")
-        state = state_dict_of(load_checkpoint(network.best_path))
-        counts = [count_invalid_filters(state, t) for t in thresholds]
+        state, model = counted_checkpoint(load_checkpoint(network.best_path), network.best_path)
+        counts = [count_invalid_filters(state, t, model) for t in thresholds]
         rows.append((path.name, network.index, network.best, network.final, counts))
     return rows
 

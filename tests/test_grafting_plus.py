@@ -161,7 +161,8 @@ def test_filter_analysis_against_direct_computation(tmp_path):
     torch.save({"net": base, "acc": 90.0, "arch": "toy"}, tmp_path / "base.t7")
     torch.save({"net": graft, "acc": 91.25}, tmp_path / "graft.t7")
     torch.save(distill, tmp_path / "distill.t7")  # a bare state dict: no recorded accuracy
-    result = run_script(ANALYSIS, "--baseline", tmp_path / "base.t7", "--threshold", threshold,
+    # --all-convs: a toy architecture has no model to tell shortcut projections by
+    result = run_script(ANALYSIS, "--baseline", tmp_path / "base.t7", "--threshold", threshold, "--all-convs",
                         "--method", f"grafting={tmp_path / 'graft.t7'}", "--method", f"distill={tmp_path / 'distill.t7'}")
     assert result.returncode == 0, result.stderr
 
@@ -179,6 +180,6 @@ def test_filter_analysis_against_direct_computation(tmp_path):
         assert float(rows[name][2]) == pytest.approx(norms[~valid].mean(), abs=1e-4)
 
     torch.save({"net": {**graft, "conv1.weight": torch.zeros(5, 3, 3, 3)}}, tmp_path / "other.t7")
-    line = one_error_line(run_script(ANALYSIS, "--baseline", tmp_path / "base.t7",
+    line = one_error_line(run_script(ANALYSIS, "--baseline", tmp_path / "base.t7", "--all-convs",
                                      "--method", f"other={tmp_path / 'other.t7'}"))
     assert "different architecture" in line

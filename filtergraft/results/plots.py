@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..analysis import conv_weights, count_invalid_filters, filter_l1_norms
+from ..analysis import conv_weights, filter_l1_norms, model_of
 from ..checkpoint import load_checkpoint, state_dict_of
 from ..errors import UserError
 from ..session import PLOTS_DIR
@@ -113,9 +113,12 @@ def plot_graft_field(session, key, title, label, path, centre=None):
 
 
 def filter_norms(checkpoint_path):
-    """All conv filters' L1 norms of a checkpoint (a 1-D numpy array) and its state dict."""
-    state = state_dict_of(load_checkpoint(checkpoint_path, "best checkpoint"), str(checkpoint_path))
-    weights = conv_weights(state)
+    """The L1 norms of a checkpoint's conv filters as the paper counts them (analysis.conv_weights; every
+    conv of a checkpoint that records no architecture), a 1-D numpy array, and its state dict."""
+    checkpoint = load_checkpoint(checkpoint_path, "best checkpoint")
+    state = state_dict_of(checkpoint, str(checkpoint_path))
+    model = model_of(checkpoint, str(checkpoint_path))
+    weights = conv_weights(state, model, all_convs=model is None)
     if not weights:
         return np.zeros(0), state
     return torch.cat([filter_l1_norms(w.float()) for _, w in weights]).numpy(), state
@@ -130,12 +133,12 @@ def plot_l1_histogram(session, baselines, path, problems):
             if net.best_path is None:
                 continue
             try:
-                norms, state = filter_norms(net.best_path)
+                norms, _ = filter_norms(net.best_path)
             except UserError as err:
                 problems.append(str(err))
                 continue
             if norms.size:
-                invalid, total = count_invalid_filters(state, INVALID_THRESHOLD)
+                invalid, total = int((norms < INVALID_THRESHOLD).sum()), norms.size
                 label = (f"{_network_label(s, net, baseline=dashed)} (best {net.best:.2f}%, "
                          f"{invalid}/{total} < {INVALID_THRESHOLD:g})")
                 curves.append((norms, dashed, label))
