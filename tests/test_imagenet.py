@@ -37,8 +37,12 @@ def assert_top5_at_least_top1(lines):
 
 
 def entropy(values, bins=10):
-    """H = −Σ p_k log p_k over 10 equal bins of [min, max], computed with NumPy's histogram."""
-    counts, _ = np.histogram(values, bins=bins, range=(values.min(), values.max()))
+    """H = −Σ p_k log p_k as the release bins (SPEC §3, the default): bins [min + k·s, min + (k+1)·s) in
+    float32, s = (max − min)/10, p_k over all values."""
+    values = values.astype(np.float32)
+    low, step = values.min(), (values.max() - values.min()) / np.float32(bins)
+    edges = [low + np.float32(k) * step for k in range(bins + 1)]
+    counts = np.array([np.count_nonzero((values >= edges[k]) & (values < edges[k + 1])) for k in range(bins)])
     p = counts[counts > 0] / values.size
     return float(-(p * np.log(p)).sum())
 
