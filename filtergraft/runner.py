@@ -82,16 +82,18 @@ def run_network(trainer, record):
     session = trainer.session
     exchange = open_ring(record, arch=record.arch, device=trainer.device, log=session.log)
     grafting = exchange is not None or record.source != "external"
-    if exchange is not None:
-        trainer.check_abort = exchange.check
-        information = f"entropy, {record.entropy_bins} bins" if record.criterion == "entropy" else record.criterion
-        session.log(f"network {record.index}/{record.num} grafts from network {exchange.peer} "
-                    f"({record.level} level, {information}, A={record.a}, c={record.c}); "
-                    f"{Grafter.for_record(trainer.model, record).describe()}")
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        evaluate = trainer.evaluate if record.eval_grafted else None
-        trainer.fit(GraftHook(trainer.model, record, exchange, evaluate) if grafting else None)
+        hook = None
+        if grafting:
+            hook = GraftHook(trainer.model, record, exchange, trainer.evaluate if record.eval_grafted else None)
+        if exchange is not None:
+            trainer.check_abort = exchange.check
+            information = f"entropy, {record.entropy_bins} bins" if record.criterion == "entropy" else record.criterion
+            session.log(f"network {record.index}/{record.num} grafts from network {exchange.peer} "
+                        f"({record.level} level, {information}, A={record.a}, c={record.c}); "
+                        f"{hook.grafter.describe()}")
+        trainer.fit(hook)
     except BaseException as err:
         session.log(f"error: {_reason(err)}", console=False)
         if not isinstance(err, (UserError, KeyboardInterrupt, SystemExit)):

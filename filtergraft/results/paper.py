@@ -110,7 +110,9 @@ def _cifar_rows():
                                {**mobilenet, **_grafting(num), "difflr": (True,), "cos": (True,)}))
         # The paper does not say which learning-rate schedule its VGG16 table used: no flags asked.
         vgg = {**common, "arch": ("vgg16",)}
-        levels = {"baseline": BASELINE, "layer level": _grafting(2), "filter level": _grafting(2, level="filter")}
+        # Its layer-level row mixed conv weights and their BatchNorms only, as --conv-only does.
+        levels = {"baseline": BASELINE, "layer level": {**_grafting(2), "conv_only": (True,)},
+                  "filter level": _grafting(2, level="filter")}
         rows += [_cifar("VGG16 levels", f"C{classes} {level}", VGG16_LEVELS[level.split()[0]][column], {**vgg, **match})
                  for level, match in levels.items()]
         # The sources table's baseline equals the CIFAR table's: it was trained with the baseline's schedule.
@@ -157,7 +159,7 @@ PAPER_ROWS = _cifar_rows() + _other_rows()
 def configuration(session):
     """The fields a StoredSession is described and matched on, None where not recorded: script, kind, arch
     (lower case; stripe architectures by the papers' names), data (cifar, imagenet, imagefolder, digits, fake),
-    dataset, num_classes, num, level, criterion, source, difflr, cos, teachers (a tuple of architectures),
+    dataset, num_classes, num, level, criterion, conv_only, source, difflr, cos, teachers (a tuple of architectures),
     sr, threshold, pruned, evaluate (a checkpoint pruned without training), pretrained, epochs (planned)."""
     get, kind = session.get, session.kind
     arch, dataset = (name.lower() if isinstance(name, str) else None for name in (get("arch"), get("dataset")))
@@ -175,7 +177,8 @@ def configuration(session):
     teachers = session.record.teacher_archs if "teachers" in session.recorded else None
     return {"script": script, "kind": kind, "arch": arch, "data": data, "dataset": dataset,
             "num_classes": num_classes, "num": get("num") if kind == "grafting" else 1, "level": get("level"),
-            "criterion": get("criterion"), "source": get("source"), "difflr": get("difflr"), "cos": get("cos"),
+            "criterion": get("criterion"), "conv_only": get("conv_only"), "source": get("source"),
+            "difflr": get("difflr"), "cos": get("cos"),
             "teachers": teachers, "sr": sr, "threshold": get("threshold"),
             "pruned": pruned, "evaluate": evaluate,
             "pretrained": get("pretrained"), "epochs": get("epochs")}

@@ -33,6 +33,8 @@ def method_label(config):
     if num and num > 1:
         if config["level"] == "filter":
             label += ", filter level"
+        elif config["conv_only"]:
+            label += ", conv weights only"
         if config["criterion"] == "l1":
             label += ", L1 criterion"
         flags = (config["difflr"], config["cos"])
