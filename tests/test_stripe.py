@@ -16,13 +16,7 @@ from filtergraft.stripe import (FilterStripe, StripeConv, choose_modes, count_fl
                                 stripe_flops, stripe_summary, threshold_skeleton, update_skeleton)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP barriers stall behind other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyStripeNet(nn.Module):
