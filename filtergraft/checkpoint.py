@@ -4,6 +4,7 @@ import pickle
 import zipfile
 
 import torch
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from .errors import UserError
 
@@ -42,7 +43,9 @@ def state_dict_of(obj, path="checkpoint"):
                 break
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
         raise UserError(f"{path} holds no model state dict")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state = dict(obj)
+    consume_prefix_in_state_dict_if_present(state, "module.")
+    return state
 
 
 def check_compatible(state, reference, source):

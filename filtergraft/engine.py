@@ -10,7 +10,6 @@ from tqdm import tqdm
 from .checkpoint import check_matching, state_dict_of
 from .errors import FlagError, UserError
 from .rng import rng_state, set_rng_state
-from .session import is_terminal
 
 
 def resolve_device(name=None):
@@ -143,8 +142,9 @@ class Trainer:
         totals, seen = None, 0
         correct = torch.zeros((), device=self.device)
         batches = len(self.train_loader)
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False) if is_terminal() else None
-        for step, (inputs, targets) in enumerate(bar or self.train_loader, 1):
+        # disable=None: tqdm draws only on a terminal; elsewhere the log lines say how far the epoch is
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=None)
+        for step, (inputs, targets) in enumerate(bar, 1):
             if self.check_abort is not None:
                 self.check_abort()
             inputs, targets = self._to_device(inputs, targets)
@@ -165,9 +165,8 @@ class Trainer:
             if step % self.print_freq == 0 or step == batches:
                 line = (f"epoch {epoch} [{step}/{batches}] loss {totals[0].item() / seen:.4f} "
                         f"acc {100.0 * correct.item() / seen:.2f}% lr {self.lr:.5f}")
-                self.session.log(line, console=bar is None)
-        if bar is not None:
-            bar.close()
+                self.session.log(line, console=bar.disable)
+        bar.close()
         means = (totals / seen).tolist()
         result = {"train_loss": means[0], "train_acc": 100.0 * correct.item() / seen}
         result.update({f"train_{name}": value for name, value in zip(parts, means[1:])})
@@ -240,6 +239,7 @@ class Trainer:
             if epoch_end is not None:
                 record.update(epoch_end(epoch))
             record["epoch_time"] = time.perf_counter() - start
+            record["time"] = time.time()  # when the epoch ended, seconds since the epoch
             self.session.save_last({**self.last_checkpoint(epoch), "metrics": record})
             self.session.append_metrics(record)
             grafted = f" grafted {record['test_acc_grafted']:.2f}%" if "test_acc_grafted" in record else ""

@@ -15,11 +15,11 @@ Reading needs no torch (the launch scripts' checks start fast): the writer impor
 """
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .logs import close_logger, run_logger
 from .record import RunRecord
 
 CONFIG_FILE = "session.json"
@@ -142,16 +142,14 @@ class Session:
         if not resume and self.last_path.exists():
             raise UserError(f"{self.root} already holds this run ({self.files.last}); "
                             f"pass --resume to continue it or choose another directory")
-        self._log = open(self.root / files.log, "a", buffering=1)
+        self._logger = run_logger(self.root / files.log)
 
     def log(self, message, console=True):
-        """Append one line to the log file and, unless told otherwise, print it."""
-        if console:
-            print(message, flush=True)
-        self._log.write(message + "\n")
+        """One timestamped line in the log file and, unless told otherwise, on the console."""
+        self._logger.info(message, extra={"console": console})
 
     def close(self):
-        self._log.close()
+        close_logger(self._logger)
 
     def append_metrics(self, record):
         """One JSON object per epoch."""
@@ -188,11 +186,6 @@ def _checkpoint():
     """checkpoint.py, imported when first needed: it imports torch, which reading a session does without."""
     from . import checkpoint
     return checkpoint
-
-
-def is_terminal():
-    """True when progress bars make sense (stderr is a terminal)."""
-    return sys.stderr.isatty()
 
 
 # Reading a session back, while it runs or after it ended: anything missing or half-written becomes a

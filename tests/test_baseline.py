@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import time
+from datetime import datetime
 
 import pytest
 import torch
@@ -38,8 +39,19 @@ def test_baseline_writes_the_session_files(baseline):
     assert last["epoch"] == 2 and {"net", "optimizer", "scheduler", "best_acc", "rng"} <= set(last)
     log = (session / "1.log").read_text()
     assert "epoch 2/2" in log and "epoch 2/2" in result.stdout
+    assert_timestamped(log.splitlines() + result.stdout.splitlines(), metrics)
     assert json.loads((session / "session.json").read_text())["arch"] == "resnet20"
     assert_run_record(session, seed=3, weight_decay=5e-4)
+
+
+def assert_timestamped(lines, metrics):
+    """Every log and console line starts with an ISO 8601 local time with its offset; every metrics line
+    has its `time`, seconds since the epoch, in the order the epochs ended and near the logged times."""
+    stamps = [datetime.fromisoformat(line.split(" ", 1)[0]) for line in lines]
+    assert all(stamp.utcoffset() is not None for stamp in stamps)
+    times = [m["time"] for m in metrics]
+    assert times == sorted(times)
+    assert min(s.timestamp() for s in stamps) - 1 <= times[0] <= max(s.timestamp() for s in stamps) + 1
 
 
 def test_seed_makes_a_run_repeatable(baseline, tmp_path):

@@ -161,8 +161,8 @@ def test_the_schedule_is_the_releases_cosine_unless_steplr(folder, tmp_path, fla
     result = run_script(SCRIPT, "--data", folder, *SMALL, "--epochs", 2, "-p", 1, "--s", tmp_path, *flags)
     assert result.returncode == 0, result.stderr
     epochs = [m["lr"] for m in metrics(tmp_path, 1)]
-    steps = [float(line.rsplit("lr ", 1)[1]) for line in (tmp_path / "1.log").read_text().splitlines()
-             if line.startswith("epoch 1 [")]
+    lines = [line.split(" ", 1)[1] for line in (tmp_path / "1.log").read_text().splitlines()]  # after the time
+    steps = [float(line.rsplit("lr ", 1)[1]) for line in lines if line.startswith("epoch 1 [")]
     assert epochs[0] == pytest.approx(0.01) and len(steps) == 3  # 40 images, batches of 16
     if flags:
         assert epochs[1] == pytest.approx(0.01) and steps == [pytest.approx(0.01)] * 3

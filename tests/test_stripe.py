@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from filtergraft.errors import UserError
 from filtergraft.models.stripe_resnet import ShortcutBlock, StripeResNet18, StripeResNet56
 from filtergraft.models.stripe_vgg import StripeVGG
-from filtergraft.stripe import (FilterStripe, StripeConv, choose_modes, count_flops, count_params,
+from filtergraft.stripe import (FilterStripe, StripeConv, choose_modes, count_flops, count_params, fold_batchnorm,
                                 export_pruned, forced_mode, prune, stripe_batchnorm, stripe_convs,
                                 stripe_flops, stripe_summary, threshold_skeleton, update_skeleton)
 
@@ -279,3 +279,22 @@ def test_export_round_trip_without_filtergraft(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok"
 
+
+
+def test_batchnorm_folding_is_the_formula():
+    """fold_batchnorm (torch's fuse_conv_bn_weights) against W·γ/√(σ²+ε) and β − μ·γ/√(σ²+ε), and a folded
+    conv's outputs against conv then eval-mode BatchNorm."""
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(5, 7, 3, padding=1, bias=False)
+    bn = nn.BatchNorm2d(7).eval()
+    with torch.no_grad():
+        for tensor in (bn.weight, bn.bias, bn.running_mean):
+            tensor.copy_(torch.randn(7, generator=gen))
+        bn.running_var.copy_(torch.rand(7, generator=gen) + 0.1)
+    weight, bias = fold_batchnorm(conv.weight.detach(), bn)
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(weight, conv.weight.detach() * scale[:, None, None, None])
+    torch.testing.assert_close(bias, bn.bias.detach() - bn.running_mean * scale)
+    x = torch.randn(2, 5, 8, 8, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(F.conv2d(x, weight, bias, padding=1), bn(conv(x)), rtol=1e-5, atol=1e-5)

@@ -29,7 +29,8 @@ def short_name(path):
 def _network_label(session, network, baseline=False):
     if not baseline:
         return f"network {network.index}"
-    label = f"baseline {short_name(session.path)}"
+    name = short_name(session.path)
+    label = name if name.startswith("baseline") else f"baseline {name}"  # not "baseline baseline"
     return f"{label} network {network.index}" if len(session.networks) > 1 else label
 
 

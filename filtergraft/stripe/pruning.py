@@ -3,6 +3,7 @@ import functools
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..errors import UserError
 
@@ -18,9 +19,9 @@ def prune(model) -> nn.Module:
 
 @torch.no_grad()
 def fold_batchnorm(weight, bn):
-    """Fold eval-mode BN into a bias-free conv: W' = W·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε)."""
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-    return weight * scale.view(-1, *([1] * (weight.dim() - 1))), bn.bias.detach() - bn.running_mean * scale
+    """Fold eval-mode BN into a bias-free conv: W' = W·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε) (torch's fusion)."""
+    weight, bias = fuse_conv_bn_weights(weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+    return weight.detach(), bias.detach()
 
 
 def require_silent_removal(bias, alive, name):
