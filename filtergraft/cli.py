@@ -18,8 +18,34 @@ from .data import DATASETS, LOADERS
 # Every script evaluates each epoch's network before it grafts, as the releases (SPEC §3); recorded so that
 # sessions of earlier versions, which evaluated after the graft, are told apart.
 EVAL_ORDER = "pre-graft"
-# The CIFAR grafting scripts' optimiser, as the release hard-codes it.
-CIFAR_MOMENTUM, CIFAR_WEIGHT_DECAY = 0.9, 5e-4
+# The CIFAR-style scripts' training settings as the release's: batch 128, a log line every 50 batches, 2
+# loading workers, and the SGD momentum and weight decay it hard-codes.
+CIFAR_TRAINING = {"batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4, "workers": 2, "print_freq": 50}
+
+
+def shown_default(action):
+    """The default --help adds to a flag's help, or None where it adds none: switches (off unless given),
+    flags without a value of their own (None, an empty list), and help that already says its default."""
+    if action.nargs == 0 or action.default in (None, [], argparse.SUPPRESS):
+        return None
+    if "(default" in (action.help or "").lower():
+        return None
+    return action.default
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every method script's --help: its description (the script's docstring) with its own line breaks, and
+    each flag's default after its help, where `shown_default` gives one."""
+
+    def _get_help_string(self, action):
+        if shown_default(action) is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def script_parser(description):
+    """The ArgumentParser of a method script, `description` being its docstring."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
 
 
 def positive(kind):
@@ -32,20 +58,30 @@ def positive(kind):
     return parse
 
 
+def add_training_flags(parser, *, batch_size, momentum, weight_decay, workers, print_freq, print_aliases=()):
+    """-b/--batch-size, --momentum, --wd/--weight-decay, -j/--workers and -p/--print-freq, with the running
+    script's release defaults; `print_aliases` are further spellings of -p its release had."""
+    parser.add_argument("-b", "--batch-size", type=positive(int), default=batch_size,
+                        help="images per batch, training and evaluation")
+    parser.add_argument("--momentum", type=float, default=momentum, help="SGD momentum")
+    parser.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=weight_decay,
+                        help="SGD weight decay")
+    parser.add_argument("-j", "--workers", type=int, default=workers,
+                        help="data loading processes; 0 loads in the main process")
+    parser.add_argument("-p", "--print-freq", *print_aliases, dest="print_freq", type=positive(int),
+                        default=print_freq, help="batches between log lines")
+
+
 def add_cifar_training_flags(parser):
     """The training flags of the CIFAR-style scripts (grafting_cifar, grafting_plus)."""
     parser.add_argument("--lr", type=positive(float), default=0.1, help="initial learning rate")
-    parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--batch-size", type=positive(int), default=128)
+    parser.add_argument("--epochs", type=int, default=200, help="epochs to train")
+    add_training_flags(parser, **CIFAR_TRAINING, print_aliases=("--print_frequence",))
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     parser.add_argument("--data", default="../data", help="CIFAR root directory")
     parser.add_argument("--dataset", choices=DATASETS, default="cifar",
                         help="cifar, digits (scikit-learn's, offline) or fake (tests)")
-    parser.add_argument("--workers", "-j", type=int, default=2, help="data loading processes")
-    parser.add_argument("--print_frequence", dest="print_freq", type=positive(int), default=50,
-                        help="batches between log lines")
     parser.add_argument("--lr-step", type=positive(int), default=60, help="step schedule: ×0.1 every N epochs")
-    parser.set_defaults(momentum=CIFAR_MOMENTUM, weight_decay=CIFAR_WEIGHT_DECAY)
 
 
 def add_grafting_flags(parser, resume_flag=True):
@@ -87,7 +123,8 @@ def add_grafting_flags(parser, resume_flag=True):
     g.add_argument("--exchange", choices=EXCHANGES, default="file",
                    help="how the networks swap weights: files in <s>/exchange (one shared filesystem), or "
                         "torch.distributed under torchrun (--i and --num from RANK and WORLD_SIZE)")
-    g.add_argument("--seed", type=int, default=None, help="network i uses seed + i")
+    g.add_argument("--seed", type=int, default=None,
+                   help="network i uses seed + i (none: each network a random seed of its own)")
     if resume_flag:
         g.add_argument("--resume", action="store_true", help="continue from the session's last_<i>.t7")
     parser.set_defaults(eval_order=EVAL_ORDER)

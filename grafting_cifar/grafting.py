@@ -2,8 +2,6 @@
 
     python grafting_cifar/grafting.py --model resnet56 --cifar 10 --num 2 --i 1 --s runs/r56
 """
-import argparse
-
 from filtergraft import cli
 from filtergraft.assembly import cifar_trainer
 from filtergraft.errors import exit_on_user_error
@@ -12,7 +10,7 @@ from filtergraft.runner import failures_announced, run_network
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Filter grafting on CIFAR (one network of the ring)")
+    parser = cli.script_parser(__doc__)
     cli.add_cifar_training_flags(parser)
     parser.add_argument("--model", dest="arch", default="resnet32", help=f"one of: {', '.join(model_names())}")
     parser.add_argument("--cifar", dest="num_classes", type=int, default=10, help="10 or 100 classes")

@@ -4,7 +4,6 @@ grafting session (--num 1 trains the baseline). Flags follow pytorch/examples' i
     python grafting_imagenet/grafting.py --data /data/imagenet -a resnet18 --num 2 --i 1 --s runs/r18
     python grafting_imagenet/grafting.py --data /data/imagenet -a resnet18 -e --resume runs/r18/best_1.t7
 """
-import argparse
 from pathlib import Path
 
 import torch
@@ -23,22 +22,20 @@ from filtergraft.session import network_files, read_jsonl
 
 SCRIPT = "grafting_imagenet"
 TOPK = (1, 5)
+# pytorch/examples' imagenet/main.py defaults, which the release kept.
+TRAINING = {"batch_size": 256, "momentum": 0.9, "weight_decay": 1e-4, "workers": 4, "print_freq": 10}
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Filter grafting on ImageNet (one network of the ring)")
+    parser = cli.script_parser(__doc__)
     parser.add_argument("--data", default="imagenet", metavar="DIR", help="folder with train/ and val/ class folders")
     parser.add_argument("-a", "--arch", default="resnet18", metavar="ARCH",
-                        help="any torchvision classification model (default: resnet18)")
-    parser.add_argument("-j", "--workers", type=int, default=4, help="data loading processes")
-    parser.add_argument("--epochs", type=int, default=90)
+                        help="any torchvision classification model")
+    parser.add_argument("--epochs", type=int, default=90, help="epochs to train")
     parser.add_argument("--start-epoch", type=int, default=None,
                         help="begin at this epoch, schedule included (with --resume: must be the checkpoint's next)")
-    parser.add_argument("-b", "--batch-size", type=cli.positive(int), default=256)
     parser.add_argument("--lr", "--learning-rate", type=cli.positive(float), default=0.1, help="initial learning rate")
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--wd", "--weight-decay", type=float, default=1e-4, dest="weight_decay")
-    parser.add_argument("-p", "--print-freq", type=cli.positive(int), default=10, help="batches between log lines")
+    cli.add_training_flags(parser, **TRAINING)
     parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="PATH",
                         help="continue from PATH, or with no PATH (or 'last') from the session's last_<i>.t7")
     parser.add_argument("-e", "--evaluate", action="store_true",

@@ -7,7 +7,6 @@ Without --teacher_arch it is plain grafting (--num 1: the baseline).
     python grafting_plus/grafting+.py --arch resnet32 --num_classes 100 --num 2 --i 1 --s runs/gp \\
         --teacher_arch resnet56 --teacher_dir runs/teacher/best_1.t7
 """
-import argparse
 import os
 
 import torch
@@ -23,7 +22,7 @@ GRAFTING_PLUS_C = 10.0  # the grafting+ release's --c (SPEC §4), not the grafti
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Grafting+ on CIFAR (one student of the ring, with teachers)")
+    parser = cli.script_parser(__doc__)
     parser.add_argument("--arch", default="resnet32", help=f"student: one of {', '.join(model_names())}")
     parser.add_argument("--num_classes", type=int, default=100, help="10 or 100 (CIFAR-10 / CIFAR-100)")
     parser.add_argument("--teacher_arch", nargs="+", default=[], metavar="ARCH",

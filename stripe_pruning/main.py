@@ -10,7 +10,6 @@ pruned.pt2 (torch.export, dynamic batch size: torch.export.load(path).module()(x
 --evaluate CHECKPOINT skips training: this project's best.pth.tar or a state dict saved by the release is
 loaded, evaluated, pruned at --threshold (as it stands without one) and written the same way.
 """
-import argparse
 import functools
 
 from filtergraft import cli
@@ -27,32 +26,32 @@ from filtergraft.stripe import update_skeleton
 from filtergraft.stripe.checkpoints import load_for_pruning
 from filtergraft.stripe.report import freeze_conv_weights, kept_stripes, prune_and_report
 
+# The release's training defaults.
+TRAINING = {"batch_size": 64, "momentum": 0.9, "weight_decay": 1e-4, "workers": 2, "print_freq": 100}
+
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Stripe-wise pruning with a learnable Filter Skeleton")
+    parser = cli.script_parser(__doc__)
     parser.add_argument("--arch", choices=model_names("stripe", aliases=True), default="ResNet56",
                         help="the release's VGG, ResNet56, ResNet18, or their registry names")
     parser.add_argument("--dataset", choices=(*DATASETS, "imagefolder"), default="cifar",
                         help="cifar, digits, fake, or imagefolder (--data_path holds train/ and val/)")
-    parser.add_argument("--data_path", dest="data", default="../data")
-    parser.add_argument("--num_classes", type=int, default=10)
-    parser.add_argument("--batch-size", type=cli.positive(int), default=64)
-    parser.add_argument("--epochs", type=cli.positive(int), default=160)
-    parser.add_argument("--lr", type=cli.positive(float), default=0.1, help="×0.1 at 50 %% and 75 %% of the epochs")
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=1, help="the release's default")
+    parser.add_argument("--data_path", dest="data", default="../data", help="dataset root directory")
+    parser.add_argument("--num_classes", type=int, default=10, help="classes of the dataset")
+    parser.add_argument("--epochs", type=cli.positive(int), default=160, help="epochs to train")
+    parser.add_argument("--lr", type=cli.positive(float), default=0.1,
+                        help="initial learning rate, ×0.1 at 50 %% and 75 %% of the epochs")
+    cli.add_training_flags(parser, **TRAINING)
+    parser.add_argument("--seed", type=int, default=1, help="random seed, as the release")
     parser.add_argument("--save", dest="session_dir", default="checkpoint/stripe", help="output directory")
-    parser.add_argument("--sr", type=float, default=None, help="L1 strength on the Filter Skeleton (pruning)")
+    parser.add_argument("--sr", type=float, default=None, help="L1 strength on the Filter Skeleton (none: baseline)")
     parser.add_argument("--threshold", type=float, default=None, help="skeleton entries at or below it are pruned")
     parser.add_argument("--freeze-weights", action="store_true",
                         help="shape only: conv weights stay at their random initialisation; the skeleton, "
                              "BatchNorm and classifier train")
     parser.add_argument("--crop-size", type=cli.positive(int), default=224, help="imagefolder: training crop")
     parser.add_argument("--resize-size", type=cli.positive(int), default=256, help="imagefolder: eval resize")
-    parser.add_argument("--workers", "-j", type=int, default=2)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--print-freq", type=cli.positive(int), default=100)
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     parser.add_argument("--resume", action="store_true", help="continue from --save's last.pth.tar")
     parser.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
                         help="no training: load CHECKPOINT (this project's best.pth.tar or a state dict of the "
