@@ -24,8 +24,9 @@ CIFAR_TRAINING = {"batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4, "wor
 
 
 def shown_default(action):
-    """The default --help adds to a flag's help, or None where it adds none: switches (off unless given),
-    flags without a value of their own (None, an empty list), and help that already says its default."""
+    """The default --help adds to a flag's help, or None where it adds none: switches (their help says what
+    giving them does), flags without a value of their own (None, an empty list: their help says what happens
+    then), and help that already says its default."""
     if action.nargs == 0 or action.default in (None, [], argparse.SUPPRESS):
         return None
     if "(default" in (action.help or "").lower():

@@ -11,7 +11,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 SCRIPTS = ("grafting_cifar/grafting.py", "grafting_imagenet/grafting.py", "grafting_plus/grafting+.py",
@@ -54,6 +53,7 @@ def help_cell(parser, action):
 
 def rows(parser):
     """The table rows of every flag of `parser` but -h, in --help's order (group by group)."""
+    # argparse has no public view of its groups; --help walks these same lists.
     for group in parser._action_groups:
         for action in group._group_actions:
             if not action.option_strings or isinstance(action, argparse._HelpAction):
@@ -89,6 +89,7 @@ def with_tables(text, tables):
 
 
 def main(argv=None):
+    """Print the tables, or write them into README.md, or check README.md's; the exit status."""
     parser = argparse.ArgumentParser(description="The README's flag tables from the method scripts' parsers")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", action="store_true", help="rewrite the tables in README.md")
@@ -108,6 +109,7 @@ def main(argv=None):
             print(f"README.md: the flag table of {script} is out of date; run python scripts/flag_tables.py --write",
                   file=sys.stderr)
     return int(updated != text)
+
 
 if __name__ == "__main__":
     sys.exit(main())
