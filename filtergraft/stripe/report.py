@@ -30,10 +30,12 @@ def freeze_conv_weights(model):
 
 
 def kept_stripes(model, threshold, epoch):
-    """End-of-epoch metrics: the share of prunable skeleton entries that pruning would keep (|FS| > threshold)."""
-    skeletons = [conv.FilterSkeleton.detach() for conv, _ in stripe_pairs(model)]
-    kept = sum(int((fs.abs() > (threshold or 0.0)).sum()) for fs in skeletons)
-    return {"stripes_kept": kept / sum(fs.numel() for fs in skeletons)}
+    """End-of-epoch metrics: the share of prunable skeleton entries that pruning would keep (|FS| > threshold),
+    over the network (stripes_kept) and in each FilterStripe layer (stripes_kept_layers: {module name: share})."""
+    names = {id(module): name for name, module in model.named_modules()}
+    kept = {names[id(conv)]: conv.FilterSkeleton.detach().abs() > (threshold or 0.0) for conv, _ in stripe_pairs(model)}
+    return {"stripes_kept": sum(int(k.sum()) for k in kept.values()) / sum(k.numel() for k in kept.values()),
+            "stripes_kept_layers": {name: int(k.sum()) / k.numel() for name, k in kept.items()}}
 
 
 def reduction(before, after):
