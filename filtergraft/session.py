@@ -10,6 +10,7 @@ back (StoredSession), for the summaries, the plots and the launch scripts.
     <dir>/train.log  metrics.jsonl  best.pth.tar  last.pth.tar      a single run (stripe pruning)
     <dir>/prune.json  pruned.pth.tar  pruned.pt2                    what stripe pruning leaves
     <dir>/plots/                        figures made by scripts/summarize.py
+    <dir>/tb/<i>/                       network i's TensorBoard event files (a single run's: tb/1/)
 
 Reading needs no torch (the launch scripts' checks start fast): the writer imports checkpoint.py when saving.
 """
@@ -25,6 +26,7 @@ from .record import RunRecord
 CONFIG_FILE = "session.json"
 EXCHANGE_DIR = "exchange"
 PLOTS_DIR = "plots"
+TENSORBOARD_DIR = "tb"
 PRUNE_REPORT = "prune.json"
 PRUNED_CHECKPOINT = "pruned.pth.tar"
 PRUNED_PROGRAM = "pruned.pt2"
@@ -56,6 +58,11 @@ def console_file(index):
 
 def exchange_dir(root):
     return Path(root) / EXCHANGE_DIR
+
+
+def tensorboard_dir(root, index):
+    """Network `index`'s TensorBoard event files (--tensorboard); a single run (stripe pruning) is network 1."""
+    return Path(root) / TENSORBOARD_DIR / str(index)
 
 
 def exchange_weights(directory, index, epoch):
@@ -191,7 +198,7 @@ def _checkpoint():
 # Reading a session back, while it runs or after it ended: anything missing or half-written becomes a
 # problem noted on the session (a list of one-line descriptions), never an exception.
 
-NOT_SESSIONS = {EXCHANGE_DIR, PLOTS_DIR}  # directories inside a session, never sessions of their own
+NOT_SESSIONS = {EXCHANGE_DIR, PLOTS_DIR, TENSORBOARD_DIR}  # directories inside a session, never sessions of their own
 SEARCH_DEPTH = 3
 _WHAT_A_SESSION_HAS = f"{CONFIG_FILE}, {network_files('<i>').metrics} or {SINGLE_RUN_FILES.metrics}"
 
