@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .board import EpochWriter, summary_writer
 from .checkpoint import load_matching
 from .data import check_cifar_like, cifar_like_datasets, describe_loader, make_loaders
 from .engine import LRSchedule, Trainer, cross_entropy_loss, difflr, resolve_device, sgd
@@ -18,7 +19,7 @@ from .errors import UserError
 from .models import canonical_model_name, create_model
 from .record import environment
 from .rng import seed_everything
-from .session import Session, network_files
+from .session import Session, network_files, tensorboard_dir
 
 
 def network_seed(record):
@@ -93,10 +94,13 @@ def build_trainer(record, *, datasets, build_model, files, seed, loss_for_device
     from the record, or from the training set's classes when the record has none); `loss_for_device(device)`
     the training objective (cross entropy by default); `seed` is drawn from before the model is built;
     `topk` the accuracies evaluated (those above the class count left out); `describe` ends the first log
-    line. A resumed run is at its checkpoint's next epoch on return."""
+    line. A resumed run is at its checkpoint's next epoch on return. With record.tensorboard, a board.EpochWriter
+    records every epoch into the session's tb/<record.index>/ (session.tensorboard_dir)."""
     _check_start_epoch(record)
     device = resolve_device(record.device)
     speed = speed_options(record, device)
+    if record.tensorboard:
+        summary_writer()  # a missing tensorboard package is refused before anything is written
     if seed is not None:
         seed_everything(seed)
     train_set, test_set = datasets()
@@ -130,6 +134,10 @@ def build_trainer(record, *, datasets, build_model, files, seed, loss_for_device
         trainer.resume()
     elif record.start_epoch is not None:
         trainer.start_at(record.start_epoch)
+    if record.tensorboard:
+        board = tensorboard_dir(record.session_dir, record.index)
+        trainer.on_epoch.append(EpochWriter(board, record.epochs, start_epoch=trainer.start_epoch))
+        session.log(f"TensorBoard event files in {board} (tensorboard --logdir {board.parent})")
     return trainer
 
 

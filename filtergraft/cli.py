@@ -147,6 +147,15 @@ def add_speed_flags(parser):
     return g
 
 
+def add_logging_flags(parser):
+    """Flags for what a run records beside its log and metrics, not how it trains."""
+    g = parser.add_argument_group("logging")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files into <session>/tb/<i>/ every epoch (needs the "
+                        "tensorboard package); view with: tensorboard --logdir <session>/tb")
+    return g
+
+
 def check_training(record):
     """The checks every method script's training settings get."""
     if record.epochs is not None and record.epochs < 1:

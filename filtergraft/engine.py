@@ -124,6 +124,9 @@ class Trainer:
         self.meta = meta or {}
         self.best_acc = 0.0
         self.start_epoch = 1
+        # Callables (epoch, metrics record, model), e.g. board.EpochWriter; called after each epoch's metrics
+        # line and last checkpoint, so that what they record never gets ahead of the metrics file.
+        self.on_epoch = []
 
     def _to_device(self, inputs, targets):
         inputs = inputs.to(self.device, non_blocking=True, memory_format=self.memory_format)
@@ -247,4 +250,6 @@ class Trainer:
                              f"{record['train_loss']:.4f} acc {record['train_acc']:.2f}% | test loss "
                              f"{record['test_loss']:.4f} acc {record['test_acc']:.2f}% "
                              f"(best {self.best_acc:.2f}%){grafted} | {record['epoch_time']:.1f}s")
+            for callback in self.on_epoch:
+                callback(epoch, record, self.model)
         return self.best_acc

@@ -94,6 +94,7 @@ class RunRecord:
     channels_last: bool = None
     compile: str = None
     deterministic: bool = None
+    tensorboard: bool = None  # TensorBoard event files in <session>/tb/<i>/ (board.py)
     # where it ran
     environment: dict = field(default_factory=dict)
 

@@ -16,6 +16,7 @@ def build_parser():
     parser.add_argument("--cifar", dest="num_classes", type=int, default=10, help="10 or 100 classes")
     cli.add_grafting_flags(parser)
     cli.add_speed_flags(parser)
+    cli.add_logging_flags(parser)
     return parser
 
 

@@ -53,6 +53,7 @@ def build_parser():
                         help=f"evaluation resize before the centre crop (default {RESIZE_SIZE}, or the weights')")
     cli.add_grafting_flags(parser, resume_flag=False)
     cli.add_speed_flags(parser)
+    cli.add_logging_flags(parser)
     parser.set_defaults(session_dir="checkpoint/grafting_imagenet", dataset="imagefolder", cos=True)
     return parser
 

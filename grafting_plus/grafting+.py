@@ -33,6 +33,7 @@ def build_parser():
     cli.add_cifar_training_flags(parser)
     cli.add_grafting_flags(parser)
     cli.add_speed_flags(parser)
+    cli.add_logging_flags(parser)
     parser.set_defaults(c=GRAFTING_PLUS_C)
     return parser
 

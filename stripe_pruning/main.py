@@ -57,6 +57,7 @@ def build_parser():
                         help="no training: load CHECKPOINT (this project's best.pth.tar or a state dict of the "
                              "release), evaluate it, prune it at --threshold and write the files into --save")
     cli.add_speed_flags(parser)
+    cli.add_logging_flags(parser)
     return parser
 
 
@@ -67,7 +68,8 @@ def stripe_record(args):
     cli.check_training(record)
     if record.evaluate is not None:
         trained = [flag for flag, on in (("--sr", record.sr is not None), ("--resume", record.resume),
-                                         ("--freeze-weights", record.freeze_weights)) if on]
+                                         ("--freeze-weights", record.freeze_weights),
+                                         ("--tensorboard", record.tensorboard)) if on]
         if trained:
             raise UserError(f"--evaluate trains nothing: drop {' and '.join(trained)} (--threshold alone "
                             "sets what is pruned)")
