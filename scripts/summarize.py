@@ -2,6 +2,7 @@
 
     python scripts/summarize.py checkpoint/grafting_resnet32_c10_n2 --baseline checkpoint/baseline_resnet32_c10
     python scripts/summarize.py runs/cifar_grafting --csv results.csv --no-plots
+    python scripts/summarize.py runs/demo/grafting --tensorboard    # then: tensorboard --logdir runs/demo/grafting/tb
 
 A directory that holds sessions (baseline.sh's run1..runN, a reproduce script's runs/...) stands for all of
 them. Sessions still running are summarised with the epochs done so far. Directories that cannot be read
@@ -25,6 +26,10 @@ def parse_args(argv=None):
                              "data and classes (repeatable)")
     parser.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     parser.add_argument("--no-plots", action="store_true", help="only the table")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard event files into each DIR session's tb/<i>/ from its metrics "
+                             "files and best checkpoints, as --tensorboard writes them during training (needs "
+                             "the tensorboard package; networks that have event files already are left alone)")
     return parser.parse_intermixed_args(argv)
 
 
@@ -34,6 +39,10 @@ def warn(message):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.tensorboard:
+        from filtergraft.board import convert_session, summary_writer  # torch and tensorboard: only when asked
+
+        summary_writer()  # a missing tensorboard package is refused before anything is read
     baselines, skipped_baselines = find_sessions(args.baseline)
     sessions, skipped = find_sessions(args.dirs)
     for path, reason in skipped_baselines + skipped:
@@ -48,6 +57,10 @@ def main(argv=None):
 
         for session in everything:
             plots += write_plots(session, baselines)
+    boards = []
+    if args.tensorboard:
+        for session in sessions:
+            boards += convert_session(session)
     for session in everything:
         for problem in session.problems:
             warn(f"{session.path}: {problem}")
@@ -61,6 +74,10 @@ def main(argv=None):
     if plots:
         print("\nplots:")
         for path in plots:
+            print(f"  {path}")
+    if boards:
+        print("\nTensorBoard event files (view: tensorboard --logdir SESSION/tb):")
+        for path in boards:
             print(f"  {path}")
 
 
