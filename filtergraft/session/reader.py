@@ -1,82 +1,16 @@
-"""The session directory (SPEC §7), the contract between processes, tools and users: every file name in
-it, a run's writer (log, metrics, best and last checkpoints, the run record), and reading a whole session
-back (StoredSession), for the summaries, the plots and the launch scripts.
-
-    <dir>/session.json                  the run record (record.RunRecord), written by the first network
-    <dir>/<i>.log  metrics_<i>.jsonl  best_<i>.t7  last_<i>.t7      network i of a grafting session
-    <dir>/<i>.out                       network i's console, written by the launchers
-    <dir>/exchange/net<i>_epoch<e>.t7   network i's pre-graft weights of epoch e
-    <dir>/exchange/net<i>.alive|.done|.failed   its heartbeat and end markers
-    <dir>/train.log  metrics.jsonl  best.pth.tar  last.pth.tar      a single run (stripe pruning)
-    <dir>/prune.json  pruned.pth.tar  pruned.pt2                    what stripe pruning leaves
-    <dir>/plots/                        figures made by scripts/summarize.py
-    <dir>/tb/<i>/                       network i's TensorBoard event files (a single run's: tb/1/)
-
-Reading needs no torch (the launch scripts' checks start fast): the writer imports checkpoint.py when saving.
-"""
+"""Reading a session directory back, while it runs or after it ended: its run record, every network's
+epochs, its failures, its pruning report."""
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .logs import close_logger, run_logger
-from .record import RunRecord
-
-CONFIG_FILE = "session.json"
-EXCHANGE_DIR = "exchange"
-PLOTS_DIR = "plots"
-TENSORBOARD_DIR = "tb"
-PRUNE_REPORT = "prune.json"
-PRUNED_CHECKPOINT = "pruned.pth.tar"
-PRUNED_PROGRAM = "pruned.pt2"
-MARKERS = ("alive", "done", "failed")
+from ..record import RunRecord
+from .names import (CONFIG_FILE, EXCHANGE_DIR, PLOTS_DIR, PRUNE_REPORT, SINGLE_RUN_FILES, TENSORBOARD_DIR,
+                    exchange_dir, exchange_marker, network_files)
 
 
-@dataclass(frozen=True)
-class SessionFiles:
-    """File names of one run inside its directory."""
-
-    log: str
-    metrics: str
-    best: str
-    last: str
-
-
-def network_files(index):
-    """Grafting sessions: one set of files per network i (a string index gives patterns: "*", "<i>")."""
-    return SessionFiles(f"{index}.log", f"metrics_{index}.jsonl", f"best_{index}.t7", f"last_{index}.t7")
-
-
-SINGLE_RUN_FILES = SessionFiles("train.log", "metrics.jsonl", "best.pth.tar", "last.pth.tar")
-
-
-def console_file(index):
-    """Where a launcher sends network i's console."""
-    return f"{index}.out"
-
-
-def exchange_dir(root):
-    return Path(root) / EXCHANGE_DIR
-
-
-def tensorboard_dir(root, index):
-    """Network `index`'s TensorBoard event files (--tensorboard); a single run (stripe pruning) is network 1."""
-    return Path(root) / TENSORBOARD_DIR / str(index)
-
-
-def exchange_weights(directory, index, epoch):
-    """Network `index`'s pre-graft weights of `epoch` inside the exchange directory."""
-    return Path(directory) / f"net{index}_epoch{epoch}.t7"
-
-
-def exchange_marker(directory, index, kind):
-    """Network `index`'s marker of `kind` (alive, done or failed) inside the exchange directory."""
-    assert kind in MARKERS, kind
-    return Path(directory) / f"net{index}.{kind}"
-
-
-def _read_object(path, problems):
+def read_object(path, problems):
     """The JSON object in file `path`, or None with the reason added to `problems`."""
     name = Path(path).name
     try:
@@ -93,106 +27,10 @@ def _read_object(path, problems):
     return value
 
 
-def _check_writable(root):
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"cannot write to session directory {root} ({err.strerror}); "
-                        f"choose a writable directory") from None
-
-
-def _record_run(root, record):
-    """Write the run record once; refuse a later run (another network, a resume) whose identity differs."""
-    path = root / CONFIG_FILE
-    tmp = root / f".{CONFIG_FILE}.{os.getpid()}"
-    tmp.write_text(record.to_json())
-    try:
-        os.link(tmp, path)  # atomic create-if-absent: a peer never reads a half-written file
-        return
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-    raw = _read_object(path, [])
-    if raw is None:
-        raise UserError(f"{path} is unreadable; remove it or choose another session directory")
-    recorded, present = RunRecord.from_dict(raw).identity(), RunRecord.fields_in(raw)
-    # a session written before a field was recorded is compared on the fields it has
-    diff = {k: (recorded[k], v) for k, v in record.identity().items() if k in present and recorded[k] != v}
-    if diff:
-        what = ", ".join(f"{k}={new!r} (session has {old!r})" for k, (old, new) in diff.items())
-        raise UserError(f"session directory {root} holds another run: {what}; choose another directory")
-
-
 def read_record(root):
     """The run record of session directory `root`, or None when it has none or it is unreadable."""
-    raw = _read_object(Path(root) / CONFIG_FILE, [])
+    raw = read_object(Path(root) / CONFIG_FILE, [])
     return None if raw is None else RunRecord.from_dict(raw)
-
-
-class Session:
-    """One run's files in a session directory, its log and its metrics."""
-
-    def __init__(self, root, files, record=None, resume=False):
-        self.root = Path(root)
-        self.files = files
-        self.metrics_path, self.best_path, self.last_path = (
-            self.root / files.metrics, self.root / files.best, self.root / files.last)
-        _check_writable(self.root)
-        if record is not None:
-            _record_run(self.root, record)
-        if resume and not self.last_path.exists():
-            raise UserError(f"--resume: {self.last_path} does not exist; start without --resume")
-        if not resume and self.last_path.exists():
-            raise UserError(f"{self.root} already holds this run ({self.files.last}); "
-                            f"pass --resume to continue it or choose another directory")
-        self._logger = run_logger(self.root / files.log)
-
-    def log(self, message, console=True):
-        """One timestamped line in the log file and, unless told otherwise, on the console."""
-        self._logger.info(message, extra={"console": console})
-
-    def close(self):
-        close_logger(self._logger)
-
-    def append_metrics(self, record):
-        """One JSON object per epoch."""
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def sync_metrics(self, last_epoch, record=None):
-        """Make the metrics file end at `last_epoch`: drop later (and half-written) lines, and append that
-        epoch's `record` (kept in the last checkpoint) when a kill struck between checkpoint and metrics."""
-        kept = [line for line in read_jsonl(self.metrics_path) if line["epoch"] <= last_epoch] \
-            if self.metrics_path.exists() else []
-        if record is not None and (not kept or kept[-1].get("epoch") != last_epoch):
-            kept.append(record)
-        tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(line) + "\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
-
-    def save_best(self, checkpoint):
-        _checkpoint().atomic_save(checkpoint, self.best_path)
-
-    def save_last(self, checkpoint):
-        _checkpoint().atomic_save(checkpoint, self.last_path)
-
-    def load_last(self):
-        state = _checkpoint().load_checkpoint(self.last_path, "--resume checkpoint")
-        if not isinstance(state, dict) or not _checkpoint().RESUMABLE <= set(state):
-            raise UserError(f"--resume: {self.last_path} is not a resumable checkpoint of this project")
-        return state
-
-
-def _checkpoint():
-    """checkpoint.py, imported when first needed: it imports torch, which reading a session does without."""
-    from . import checkpoint
-    return checkpoint
 
 
 # Reading a session back, while it runs or after it ended: anything missing or half-written becomes a
@@ -289,7 +127,7 @@ def read_failure(root, index):
     marker = exchange_marker(exchange_dir(root), index, "failed")
     if not marker.is_file():
         return None
-    record = _read_object(marker, [])
+    record = read_object(marker, [])
     return "reason unreadable" if record is None else str(record.get("reason", "no reason given"))
 
 
@@ -349,7 +187,7 @@ def read_session(path):
     if not is_session(path):
         raise NotASession(f"not a session directory (no {_WHAT_A_SESSION_HAS})")
     problems = []
-    raw = _read_object(path / CONFIG_FILE, problems) if (path / CONFIG_FILE).is_file() else None
+    raw = read_object(path / CONFIG_FILE, problems) if (path / CONFIG_FILE).is_file() else None
     if raw is None:
         problems.append(f"{CONFIG_FILE} missing or unreadable: configuration unknown, no paper number")
         raw = {}
@@ -357,7 +195,7 @@ def read_session(path):
     if (path / SINGLE_RUN_FILES.metrics).is_file() or (path / PRUNE_REPORT).is_file():
         # A checkpoint pruned by --evaluate trained nothing: no epoch or best checkpoint is missing.
         network = read_network(path, SINGLE_RUN_FILES, 1, [] if record.evaluate else problems)
-        prune = _read_object(path / PRUNE_REPORT, problems) if (path / PRUNE_REPORT).is_file() else None
+        prune = read_object(path / PRUNE_REPORT, problems) if (path / PRUNE_REPORT).is_file() else None
         return StoredSession(path, "stripe", record, recorded, [network], prune=prune, problems=problems)
     indices = network_indices(path)
     if "num" in recorded and isinstance(record.num, int):
