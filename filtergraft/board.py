@@ -74,7 +74,7 @@ def scalars_of(record):
     """{tag: value} of one metrics line (a dict, as session.read_jsonl gives it); its epoch is the step."""
     scalars = {}
     for field, value in record.items():
-        if field == "epoch":
+        if field in ("epoch", "time"):  # the step, and the events' own wall time
             continue
         if field == "graft" and isinstance(value, dict):
             scalars.update(_graft_scalars(value))
@@ -113,16 +113,17 @@ class Board:
     def write(self, record, norms=None):
         """The scalars of metrics line `record`, and the histogram of filter L1 norms `norms` when given, at
         the line's epoch; on disk on return."""
+        walltime = record.get("time") if _is_number(record.get("time")) else None  # when the epoch ended
         for tag, value in scalars_of(record).items():
-            self.writer.add_scalar(tag, value, record["epoch"])
+            self.writer.add_scalar(tag, value, record["epoch"], walltime=walltime)
         if norms is not None:
-            self.histogram(norms, record["epoch"])
+            self.histogram(norms, record["epoch"], walltime=walltime)
         self.writer.flush()
 
-    def histogram(self, norms, step, tag=FILTERS_TAG):
+    def histogram(self, norms, step, tag=FILTERS_TAG, walltime=None):
         """The histogram `tag` of filter L1 norms `norms` at `step`; none for a model without filters."""
         if norms.numel():
-            self.writer.add_histogram(tag, norms, step)
+            self.writer.add_histogram(tag, norms, step, walltime=walltime)
 
     def close(self):
         self.writer.close()

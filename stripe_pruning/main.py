@@ -15,16 +15,13 @@ import functools
 from filtergraft import cli
 from filtergraft.assembly import build_trainer
 from filtergraft.checkpoint import load_checkpoint, state_dict_of
-from filtergraft.data import DATASETS, cifar_like_datasets, image_folder_datasets, make_loaders
-from filtergraft.engine import resolve_device
+from filtergraft.data import DATASETS, cifar_like_datasets, image_folder_datasets
 from filtergraft.errors import FlagError, UserError, exit_on_user_error
 from filtergraft.models import create_model, model_names
-from filtergraft.record import RunRecord, environment
-from filtergraft.rng import seed_everything
-from filtergraft.session import SINGLE_RUN_FILES, Session
+from filtergraft.record import RunRecord
+from filtergraft.session import SINGLE_RUN_FILES
 from filtergraft.stripe import update_skeleton
-from filtergraft.stripe.checkpoints import load_for_pruning
-from filtergraft.stripe.report import freeze_conv_weights, kept_stripes, prune_and_report
+from filtergraft.stripe.report import freeze_conv_weights, kept_stripes, prune_and_report, prune_checkpoint
 
 # The release's training defaults.
 TRAINING = {"batch_size": 64, "momentum": 0.9, "weight_decay": 1e-4, "workers": 2, "print_freq": 100}
@@ -96,31 +93,10 @@ def datasets_for(record):
     return cifar_like_datasets(record.dataset, record.data, record.num_classes)
 
 
-def evaluate_checkpoint(record):
-    """--evaluate: the checkpoint and the data are checked before anything is written, then the network is
-    evaluated, pruned and reported as after training (prune_and_report)."""
-    device = resolve_device(record.device)
-    if record.seed is not None:
-        seed_everything(record.seed)
-    model = create_model(record.arch, record.num_classes, kind="stripe")
-    load_for_pruning(model, record.evaluate, f"--evaluate {record.evaluate}")
-    train_set, test_set = datasets_for(record)
-    record.environment = environment([device])
-    session = Session(record.session_dir, SINGLE_RUN_FILES, record=record)
-    _, test_loader, _ = make_loaders(train_set, test_set, record.batch_size, record.workers, record.seed,
-                                     pin_memory=device.type == "cuda", loader=record.loader, device=device)
-    threshold = "as it stands" if record.threshold is None else f"at threshold {record.threshold:g}"
-    session.log(f"{record.arch} from {record.evaluate}, no training; {record.dataset} ({len(test_set)} test "
-                f"images), device {device}, pruned {threshold}")
-    prune_and_report(model, record.threshold, test_loader, device, session.root,
-                     {"arch": record.arch, "num_classes": record.num_classes}, session.log)
-    session.close()
-
-
 def run(args):
     record = stripe_record(args)
     if record.evaluate is not None:
-        return evaluate_checkpoint(record)
+        return prune_checkpoint(record, lambda: datasets_for(record))
 
     def build_model(num_classes):
         model = create_model(record.arch, num_classes, kind="stripe")

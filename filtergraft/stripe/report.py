@@ -7,8 +7,13 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import atomic_save
-from ..engine import evaluate
-from ..session import PRUNE_REPORT, PRUNED_CHECKPOINT, PRUNED_PROGRAM
+from ..data import make_loaders
+from ..engine import evaluate, resolve_device
+from ..models import create_model
+from ..record import environment
+from ..rng import seed_everything
+from ..session import PRUNE_REPORT, PRUNED_CHECKPOINT, PRUNED_PROGRAM, SINGLE_RUN_FILES, Session
+from .checkpoints import load_for_pruning
 from .conv import choose_modes
 from .count import count_params, program_flops, release_counts
 from .pruning import export_pruned, prune
@@ -75,3 +80,25 @@ def prune_and_report(model, threshold, test_loader, device, directory, meta, log
         f"parameters stored; {modes['stripe']} layers stripe-wise, {modes['dense']} dense")
     log(f"accuracy {report['acc']:.2f}% masked, {acc_pruned:.2f}% pruned; files in {directory}")
     return report
+
+
+def prune_checkpoint(record, datasets):
+    """--evaluate CHECKPOINT: the run `record` describes without training. The checkpoint and the data
+    (`datasets()`: train, test) are checked before anything is written, then the network is evaluated,
+    pruned and reported as after training (prune_and_report)."""
+    device = resolve_device(record.device)
+    if record.seed is not None:
+        seed_everything(record.seed)
+    model = create_model(record.arch, record.num_classes, kind="stripe")
+    load_for_pruning(model, record.evaluate, f"--evaluate {record.evaluate}")
+    train_set, test_set = datasets()
+    record.environment = environment([device])
+    session = Session(record.session_dir, SINGLE_RUN_FILES, record=record)
+    _, test_loader, _ = make_loaders(train_set, test_set, record.batch_size, record.workers, record.seed,
+                                     pin_memory=device.type == "cuda", loader=record.loader, device=device)
+    threshold = "as it stands" if record.threshold is None else f"at threshold {record.threshold:g}"
+    session.log(f"{record.arch} from {record.evaluate}, no training; {record.dataset} ({len(test_set)} test "
+                f"images), device {device}, pruned {threshold}")
+    prune_and_report(model, record.threshold, test_loader, device, session.root,
+                     {"arch": record.arch, "num_classes": record.num_classes}, session.log)
+    session.close()
