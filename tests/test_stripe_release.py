@@ -19,7 +19,7 @@ from filtergraft.stripe.report import prune_and_report
 from helpers import one_error_line, run_script
 
 # Every key, shape and dtype of the release's checkpoints, as ../shared/release lists them.
-RELEASE = Path(__file__).resolve().parent / "data" / "release"
+RELEASE = Path(__file__).resolve().parent / "release_keys"
 INPUT = (3, 32, 32)
 
 
