@@ -26,14 +26,21 @@ def _is_addition(node):
             or (node.op == "call_method" and node.target in ("add", "add_")))
 
 
+def traced_graph(model):
+    """The fx graph of `model`, or None where it cannot be traced symbolically."""
+    try:
+        return fx.symbolic_trace(model).graph
+    except Exception:  # any tracing failure: callers fall back to what the modules alone tell
+        return None
+
+
 def shortcut_projections(model):
     """Names of the 1×1 shortcut projections of `model`, found on its fx graph: a Conv2d with a 1×1 kernel
     whose input also feeds another branch and whose output reaches a residual addition through
     BatchNorms alone. An untraceable model has none."""
     modules = dict(model.named_modules())
-    try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception:  # any tracing failure: every conv counts
+    graph = traced_graph(model)
+    if graph is None:  # every conv counts
         return set()
     found = set()
     for node in graph.nodes:

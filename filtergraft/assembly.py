@@ -58,6 +58,18 @@ def network_lr(record):
     return difflr(record.lr, record.index, record.num) if record.difflr else record.lr
 
 
+def open_session(record, files, device, resume=False):
+    """The run's session directory, opened with its run record written, where it runs (environment) included."""
+    record.environment = environment([device])
+    return Session(record.session_dir, files, record=record, resume=resume)
+
+
+def run_loaders(record, train_set, test_set, seed, device):
+    """(train loader, test loader, generator) with the record's batch size, workers and data pipeline."""
+    return make_loaders(train_set, test_set, record.batch_size, record.workers, seed,
+                        pin_memory=device.type == "cuda", loader=record.loader, device=device)
+
+
 def _resume_point(record, files, model, meta):
     """(state, source, resume own files): what the run continues from. `--resume` alone (or 'last')
     continues the session's own last checkpoint; a path elsewhere starts a new session from that
@@ -109,12 +121,9 @@ def build_trainer(record, *, datasets, build_model, files, seed, loss_for_device
     model = build_model(record.num_classes)
     meta = {"arch": record.arch, "num_classes": record.num_classes}
     state, source, own = _resume_point(record, files, model, meta)
-    record.environment = environment([device])
-    session = Session(record.session_dir, files, record=record, resume=own)
+    session = open_session(record, files, device, resume=own)
     model.to(device)
-    train_loader, test_loader, generator = make_loaders(
-        train_set, test_set, record.batch_size, record.workers, seed, pin_memory=device.type == "cuda",
-        loader=record.loader, device=device)
+    train_loader, test_loader, generator = run_loaders(record, train_set, test_set, seed, device)
     lr = network_lr(record)
     schedule = LRSchedule(record.epochs, len(train_loader), cosine=record.cos, milestones=record.milestones or ())
     loss_fn = loss_for_device(device) if loss_for_device is not None else cross_entropy_loss
@@ -149,8 +158,8 @@ def check_cifar_network(record):
 
 
 def cifar_trainer(record, loss_for_device=None, describe=""):
-    """build_trainer for network --i of a CIFAR-style grafting session (grafting_cifar, grafting_plus)."""
-    check_cifar_network(record)
+    """build_trainer for network --i of a CIFAR-style grafting session (grafting_cifar, grafting_plus), its
+    record checked by check_cifar_network."""
     return build_trainer(record, datasets=lambda: cifar_like_datasets(record.dataset, record.data, record.num_classes),
                          build_model=lambda num_classes: create_model(record.arch, num_classes),
                          files=network_files(record.index), seed=network_seed(record),

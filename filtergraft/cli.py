@@ -7,13 +7,13 @@ setting are worded with the running script's own flag for it (`run`).
 import argparse
 import sys
 
+from .data import DATASETS, LOADERS
 from .engine import every
 from .errors import FlagError, UserError
 from .grafting import DEFAULT_A, DEFAULT_C, ENTROPY_BINS
 from .record import RunRecord
 from .ring import EXCHANGES, place_in_ring
 from .runner import LEVELS, SOURCES
-from .data import DATASETS, LOADERS
 
 # Every script evaluates each epoch's network before it grafts, as the releases (SPEC §3); recorded so that
 # sessions of earlier versions, which evaluated after the graft, are told apart.

@@ -8,7 +8,7 @@ from functools import partial
 import torch
 from torch import fx, nn
 
-from .analysis import filter_l1_norms
+from .analysis import filter_l1_norms, traced_graph
 
 BINS = 10
 # The papers' A and c of the coefficient α (SPEC §3), the defaults of every grafting script's --a and --c.
@@ -108,14 +108,6 @@ def _float_tensors(module, prefix):
     return keys
 
 
-def _trace(model):
-    """The fx graph of `model`, or None where it cannot be traced symbolically."""
-    try:
-        return fx.symbolic_trace(model).graph
-    except Exception:  # any tracing failure: fall back to registration order
-        return None
-
-
 def _is_channelwise(node, modules):
     if node.op == "call_module":
         return isinstance(modules[node.target], CHANNELWISE)
@@ -168,7 +160,7 @@ def graft_units(model):
     """Every Conv2d and Linear as a unit with its bias and following BatchNorm, found by module type;
     any other module with floating tensors (an orphan BatchNorm, say) is a unit of its own."""
     modules = dict(model.named_modules())
-    graph = _trace(model)
+    graph = traced_graph(model)
     follows, feeds = _graph_links(graph, modules) if graph is not None else _order_links(model)
     norm_of = {layer: norm for norm, layer in follows.items()}
     units, claimed = [], set()

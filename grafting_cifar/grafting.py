@@ -3,7 +3,7 @@
     python grafting_cifar/grafting.py --model resnet56 --cifar 10 --num 2 --i 1 --s runs/r56
 """
 from filtergraft import cli
-from filtergraft.assembly import cifar_trainer
+from filtergraft.assembly import check_cifar_network, cifar_trainer
 from filtergraft.errors import exit_on_user_error
 from filtergraft.models import model_names
 from filtergraft.runner import failures_announced, run_network
@@ -23,6 +23,7 @@ def build_parser():
 def run(args):
     record = cli.grafting_record(args, "grafting_cifar")
     with failures_announced(record):
+        check_cifar_network(record)
         run_network(cifar_trainer(record), record)
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from filtergraft import cli
-from filtergraft.assembly import build_trainer, network_seed, speed_options
+from filtergraft.assembly import build_trainer, network_seed, run_loaders, speed_options
 from filtergraft.checkpoint import load_matching, state_dict_of
-from filtergraft.data import image_folder_datasets, make_loaders
+from filtergraft.data import image_folder_datasets
 from filtergraft.engine import evaluate, resolve_device
 from filtergraft.errors import UserError, exit_on_user_error
 from filtergraft.models.imagenet import (CROP_SIZE, RESIZE_SIZE, check_arch, crop_sizes, imagenet_model,
@@ -87,8 +87,7 @@ def evaluate_only(record):
         model.load_state_dict(state_dict_of(load_matching(path, model, meta, False, f"--resume {path}"), path))
     memory_format = torch.channels_last if speed["channels_last"] else torch.contiguous_format
     model.to(device, memory_format=memory_format)
-    _, val_loader, _ = make_loaders(val_set, val_set, record.batch_size, record.workers,
-                                    pin_memory=device.type == "cuda")
+    _, val_loader, _ = run_loaders(record, val_set, val_set, None, device)
     result = evaluate(model, val_loader, device, tuple(k for k in TOPK if k <= num_classes), amp=speed["amp"],
                       memory_format=memory_format)
     top5 = f" top-5 {result['test_acc5']:.2f}%" if "test_acc5" in result else ""

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import torch
 
+from ..assembly import open_session, run_loaders
 from ..checkpoint import atomic_save
-from ..data import make_loaders
 from ..engine import evaluate, resolve_device
 from ..models import create_model
-from ..record import environment
 from ..rng import seed_everything
-from ..session import PRUNE_REPORT, PRUNED_CHECKPOINT, PRUNED_PROGRAM, SINGLE_RUN_FILES, Session
+from ..session import PRUNE_REPORT, PRUNED_CHECKPOINT, PRUNED_PROGRAM, SINGLE_RUN_FILES
 from .checkpoints import load_for_pruning
 from .conv import choose_modes
 from .count import count_params, program_flops, release_counts
@@ -92,10 +91,8 @@ def prune_checkpoint(record, datasets):
     model = create_model(record.arch, record.num_classes, kind="stripe")
     load_for_pruning(model, record.evaluate, f"--evaluate {record.evaluate}")
     train_set, test_set = datasets()
-    record.environment = environment([device])
-    session = Session(record.session_dir, SINGLE_RUN_FILES, record=record)
-    _, test_loader, _ = make_loaders(train_set, test_set, record.batch_size, record.workers, record.seed,
-                                     pin_memory=device.type == "cuda", loader=record.loader, device=device)
+    session = open_session(record, SINGLE_RUN_FILES, device)
+    _, test_loader, _ = run_loaders(record, train_set, test_set, record.seed, device)
     threshold = "as it stands" if record.threshold is None else f"at threshold {record.threshold:g}"
     session.log(f"{record.arch} from {record.evaluate}, no training; {record.dataset} ({len(test_set)} test "
                 f"images), device {device}, pruned {threshold}")
