@@ -32,6 +32,21 @@ def start_script(script, *args, log_path=None, env=None):
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or script_env(), cwd=REPO)
 
 
+def run_ring(script, num, *args, log_dir, log_prefix="", timeout=400):
+    """Networks 1..num of one session side by side, `python script args... --i i`, to completion: each must
+    exit 0 (its console, log_dir/<log_prefix><i>.out, is the failure message); none outlives the call."""
+    logs = [Path(log_dir) / f"{log_prefix}{i}.out" for i in range(1, num + 1)]
+    procs = [start_script(script, *args, "--i", i, log_path=log) for i, log in enumerate(logs, 1)]
+    try:
+        for proc, log in zip(procs, logs):
+            assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def run_shell(script, *args, timeout=300, env=None):
     """Run a launch script with bash in a process group of its own, so that a timeout also ends the
     networks it started."""

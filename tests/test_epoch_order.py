@@ -8,7 +8,7 @@ from filtergraft.data import cifar_like_datasets, make_loaders
 from filtergraft.engine import evaluate
 from filtergraft.models import create_model
 from filtergraft.session import read_jsonl
-from helpers import start_script
+from helpers import run_ring
 
 SCRIPT = "grafting_cifar/grafting.py"
 EPOCHS = 2
@@ -20,15 +20,7 @@ FLAGS = ["--dataset", "digits", "--model", "resnet20", "--workers", "0", "--batc
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("order")
     session = root / "pair"
-    procs = [start_script(SCRIPT, *FLAGS, "--s", session, "--i", i, log_path=root / f"{i}.out") for i in (1, 2)]
-    try:
-        for i, proc in enumerate(procs, 1):
-            assert proc.wait(timeout=400) == 0, (root / f"{i}.out").read_text()
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    run_ring(SCRIPT, 2, *FLAGS, "--s", session, log_dir=root)
     return session
 
 

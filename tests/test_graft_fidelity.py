@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from filtergraft.session import read_jsonl
-from helpers import start_script
+from helpers import run_ring
 
 SCRIPT = "grafting_cifar/grafting.py"
 DIGITS = ("--dataset", "digits", "--workers", "0", "--batch-size", "256", "--seed", "0", "--graft-timeout", "600")
@@ -37,10 +37,8 @@ def release_alpha(h_self, h_peer, a=0.4, c=500.0):
 def run_session(root, name, num, epochs, *flags):
     session = root / name
     session.mkdir()
-    procs = [start_script(SCRIPT, *DIGITS, "--epochs", epochs, "--num", num, "--i", i, "--s", session, *flags,
-                          log_path=root / f"{name}_{i}.out") for i in range(1, num + 1)]
-    assert [p.wait(timeout=900) for p in procs] == [0] * num, [(root / f"{name}_{i}.out").read_text()[-2000:]
-                                                             for i in range(1, num + 1)]
+    run_ring(SCRIPT, num, *DIGITS, "--epochs", epochs, "--num", num, "--s", session, *flags, log_dir=root,
+             log_prefix=f"{name}_", timeout=900)
     return session
 
 

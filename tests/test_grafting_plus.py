@@ -14,7 +14,7 @@ from filtergraft.distill import DistillationLoss, load_teacher
 from filtergraft.engine import LRSchedule, Trainer, sgd
 from filtergraft.models import create_model
 from filtergraft.session import Session, network_files, read_jsonl
-from helpers import assert_run_record, one_error_line, run_script, start_script
+from helpers import assert_run_record, one_error_line, run_ring, run_script
 
 SCRIPT = "grafting_plus/grafting+.py"
 ANALYSIS = "grafting_plus/filter_analysis.py"
@@ -99,15 +99,7 @@ def test_two_students_graft_and_distill(teacher, tmp_path):
     session = tmp_path / "gplus"
     flags = [*STUDENT, "--num", "2", "--s", session, "--seed", "1", "--teacher_arch", "resnet20",
              "--teacher_dir", teacher, "--T", "2", "--graft-timeout", "240"]
-    procs = [start_script(SCRIPT, *flags, "--i", i, log_path=tmp_path / f"{i}.out") for i in (1, 2)]
-    try:
-        for i, proc in enumerate(procs, 1):
-            assert proc.wait(timeout=400) == 0, (tmp_path / f"{i}.out").read_text()
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    run_ring(SCRIPT, 2, *flags, log_dir=tmp_path)
     for i, peer in ((1, 2), (2, 1)):
         (record,) = read_jsonl(session / f"metrics_{i}.jsonl")
         assert record["train_kd"] > 0 and record["train_ce"] > 0

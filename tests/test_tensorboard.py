@@ -14,7 +14,7 @@ from filtergraft.board import BEST_FILTERS_TAG, FILTERS_TAG, scalars_of
 from filtergraft.models import create_model
 from filtergraft.session import read_jsonl
 from filtergraft.stripe import FilterStripe
-from helpers import PYTHON, REPO, one_error_line, run_script, script_env, start_script
+from helpers import PYTHON, REPO, one_error_line, run_ring, run_script, script_env
 
 GRAFTING, STRIPE, SUMMARIZE = "grafting_cifar/grafting.py", "stripe_pruning/main.py", "scripts/summarize.py"
 EPOCHS = 2
@@ -28,15 +28,7 @@ WITHOUT_TENSORBOARD = ("import runpy, sys; sys.modules['tensorboard'] = None; sy
 def session(tmp_path_factory):
     """A 2-network grafting session with --tensorboard, both networks at once."""
     root = tmp_path_factory.mktemp("tensorboard") / "grafting"
-    procs = [start_script(GRAFTING, "--num", 2, "--i", i, "--s", root, "--epochs", EPOCHS, *FLAGS, "--tensorboard",
-                          log_path=root.parent / f"{i}.out") for i in (1, 2)]
-    try:
-        codes = [p.wait(timeout=400) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert codes == [0, 0], "".join((root.parent / f"{i}.out").read_text() for i in (1, 2))
+    run_ring(GRAFTING, 2, "--num", 2, "--s", root, "--epochs", EPOCHS, *FLAGS, "--tensorboard", log_dir=root.parent)
     return root
 
 
