@@ -19,7 +19,7 @@ from .errors import UserError
 from .models import canonical_model_name, create_model
 from .record import environment
 from .rng import seed_everything
-from .session import Session, network_files, tensorboard_dir
+from .session import CONFIG_FILE, Session, claim_run, network_files, tensorboard_dir
 
 
 def network_seed(record):
@@ -59,8 +59,10 @@ def network_lr(record):
 
 
 def open_session(record, files, device, resume=False):
-    """The run's session directory, opened with its run record written, where it runs (environment) included."""
+    """The run's session directory, claimed for this process (session.claim_run, if the run was not claimed
+    when it started) and opened with its run record written, where it runs (environment) included."""
     record.environment = environment([device])
+    claim_run(record.session_dir, files, f"network {record.index} of {record.session_dir}")
     return Session(record.session_dir, files, record=record, resume=resume)
 
 
@@ -78,7 +80,15 @@ def _resume_point(record, files, model, meta):
     if not record.resume:
         return None, None, False
     if record.resume is True or record.resume == "last":
-        return None, None, True
+        if own.exists():
+            return load_matching(own, model, meta, True, f"--resume {own}"), own, True
+        if (Path(record.session_dir) / CONFIG_FILE).exists():
+            return None, None, False  # stopped before its first checkpoint: it starts the session's epoch 1
+        if not Path(record.session_dir).is_dir():
+            raise UserError(f"--resume: {record.session_dir} does not exist; nothing to resume (start without "
+                            f"--resume)")
+        raise UserError(f"--resume: {record.session_dir} holds no run to resume (no {CONFIG_FILE}, no "
+                        f"{files.last}); start without --resume")
     path = Path(record.resume)
     if path.resolve() != own.resolve() and own.exists():
         raise UserError(f"--resume {path}: {record.session_dir} already holds this network's own run "
@@ -139,8 +149,9 @@ def build_trainer(record, *, datasets, build_model, files, seed, loss_for_device
                 f"{torch.__version__}" + (f", {describe}" if describe else ""))
     if state is not None:
         trainer.resume(state, source=source)
-    elif own:
-        trainer.resume()
+    elif record.resume is True or record.resume == "last":
+        session.log(f"--resume: no {files.last} yet (the network stopped before its first epoch ended), so it "
+                    f"starts at epoch 1")
     elif record.start_epoch is not None:
         trainer.start_at(record.start_epoch)
     if record.tensorboard:

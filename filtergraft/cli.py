@@ -5,15 +5,20 @@ both fill `arch`), so a setting has one name from the command line to session.js
 setting are worded with the running script's own flag for it (`run`).
 """
 import argparse
+import math
+import os
 import sys
+
+import torch
 
 from .data import DATASETS, LOADERS
 from .engine import every
-from .errors import FlagError, UserError
+from .errors import FlagError, UserError, handle_interrupts
 from .grafting import DEFAULT_A, DEFAULT_C, ENTROPY_BINS
 from .record import RunRecord
-from .ring import EXCHANGES, place_in_ring
+from .ring import EXCHANGES, announce_failure, place_in_ring
 from .runner import LEVELS, SOURCES
+from .session import claim_run, network_files, release_run
 
 # Every script evaluates each epoch's network before it grafts, as the releases (SPEC §3); recorded so that
 # sessions of earlier versions, which evaluated after the graft, are told apart.
@@ -44,19 +49,73 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+class ScriptParser(argparse.ArgumentParser):
+    """A method script's parser: a refused command line is one line on stderr (`prog: error: ...`), exit 2,
+    and the refusal is kept (`refusal`) for the ring to be told (run)."""
+
+    refusal = None
+
+    def error(self, message):
+        self.refusal = message
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def script_parser(description):
     """The ArgumentParser of a method script, `description` being its docstring."""
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    return ScriptParser(description=description, formatter_class=HelpFormatter)
+
+
+def number(kind, text):
+    """`text` as a number of `kind`; a float must be finite (nan and inf would train nothing sensible)."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a{'n integer' if kind is int else ' number'}, not {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+    return value
+
+
+def finite(text):
+    """An argparse type: a finite float."""
+    return number(float, text)
 
 
 def positive(kind):
     """An argparse type: a number of `kind` that must be > 0."""
     def parse(text):
-        value = kind(text)
+        value = number(kind, text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
         return value
     return parse
+
+
+def non_negative(kind):
+    """An argparse type: a number of `kind` that must be ≥ 0."""
+    def parse(text):
+        value = number(kind, text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+        return value
+    return parse
+
+
+def gpu_device(text):
+    """An argparse type: a GPU id N, as the device cuda:N."""
+    return f"cuda:{non_negative(int)(text)}"
+
+
+# torch.manual_seed takes 0 ≤ seed < 2^64; network i of a ring adds i to the seed.
+SEED_LIMIT = 2**63
+
+
+def seed(text):
+    """An argparse type: a random seed, 0 ≤ seed < 2^63."""
+    value = number(int, text)
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, not {text}")
+    return value
 
 
 def add_training_flags(parser, *, batch_size, momentum, weight_decay, workers, print_freq, print_aliases=()):
@@ -64,10 +123,10 @@ def add_training_flags(parser, *, batch_size, momentum, weight_decay, workers, p
     script's release defaults; `print_aliases` are further spellings of -p its release had."""
     parser.add_argument("-b", "--batch-size", type=positive(int), default=batch_size,
                         help="images per batch, training and evaluation")
-    parser.add_argument("--momentum", type=float, default=momentum, help="SGD momentum")
-    parser.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=weight_decay,
+    parser.add_argument("--momentum", type=non_negative(float), default=momentum, help="SGD momentum")
+    parser.add_argument("--wd", "--weight-decay", dest="weight_decay", type=non_negative(float), default=weight_decay,
                         help="SGD weight decay")
-    parser.add_argument("-j", "--workers", type=int, default=workers,
+    parser.add_argument("-j", "--workers", type=non_negative(int), default=workers,
                         help="data loading processes; 0 loads in the main process")
     parser.add_argument("-p", "--print-freq", *print_aliases, dest="print_freq", type=positive(int),
                         default=print_freq, help="batches between log lines")
@@ -92,8 +151,8 @@ def add_grafting_flags(parser, resume_flag=True):
     g.add_argument("--num", type=int, default=1, help="number of networks in the ring (1: baseline)")
     g.add_argument("--i", dest="index", type=int, default=1,
                    help="index of this network, 1..num (--exchange dist: RANK + 1)")
-    g.add_argument("--a", type=float, default=DEFAULT_A, help="A in α = (A/π)·arctan(c·ΔH) + 0.5")
-    g.add_argument("--c", type=float, default=DEFAULT_C, help="c in α = (A/π)·arctan(c·ΔH) + 0.5")
+    g.add_argument("--a", type=finite, default=DEFAULT_A, help="A in α = (A/π)·arctan(c·ΔH) + 0.5")
+    g.add_argument("--c", type=finite, default=DEFAULT_C, help="c in α = (A/π)·arctan(c·ΔH) + 0.5")
     g.add_argument("--cos", action="store_true", help="cosine learning rate, annealed every iteration")
     g.add_argument("--difflr", action="store_true",
                    help="network i starts at lr·(1 + cos(π·(num − i)/num))/2 instead of lr")
@@ -113,18 +172,18 @@ def add_grafting_flags(parser, resume_flag=True):
                         "accuracy and the best checkpoint stay the pre-graft network's, as the release")
     g.add_argument("--source", choices=SOURCES, default="external",
                    help="scion: the previous network (external), Gaussian noise, or the network itself")
-    g.add_argument("--noise-decay", type=float, default=0.9,
+    g.add_argument("--noise-decay", type=finite, default=0.9,
                    help="noise source: σ_t = noise_decay^epoch, 0 < noise_decay < 1")
-    g.add_argument("--invalid-threshold", type=float, default=0.1,
+    g.add_argument("--invalid-threshold", type=non_negative(float), default=0.1,
                    help="noise/internal sources: a filter with L1 norm below this is invalid")
-    g.add_argument("--graft-timeout", type=float, default=7200.0,
+    g.add_argument("--graft-timeout", type=positive(float), default=7200.0,
                    help="seconds to wait for the previous network's weights before giving up")
-    g.add_argument("--heartbeat-timeout", type=float, default=30.0,
+    g.add_argument("--heartbeat-timeout", type=positive(float), default=30.0,
                    help="seconds without a heartbeat after which a network on another host counts as dead")
     g.add_argument("--exchange", choices=EXCHANGES, default="file",
                    help="how the networks swap weights: files in <s>/exchange (one shared filesystem), or "
                         "torch.distributed under torchrun (--i and --num from RANK and WORLD_SIZE)")
-    g.add_argument("--seed", type=int, default=None,
+    g.add_argument("--seed", type=seed, default=None,
                    help="network i uses seed + i (none: each network a random seed of its own)")
     if resume_flag:
         g.add_argument("--resume", action="store_true", help="continue from the session's last_<i>.t7")
@@ -158,6 +217,8 @@ def add_logging_flags(parser):
 
 def check_training(record):
     """The checks every method script's training settings get."""
+    if not str(record.session_dir or "").strip():
+        raise FlagError("session_dir", "{flag} is empty: give the directory the run writes into")
     if record.epochs is not None and record.epochs < 1:
         raise FlagError("epochs", f"{{flag}} must be at least 1, not {record.epochs}")
     if record.workers is not None and record.workers < 0:
@@ -199,10 +260,67 @@ def flag_of(parser, field):
 
 
 def run(parser, main, argv=None):
-    """Parse `argv` with `parser` and call main(args); a FlagError comes out worded with this parser's flag."""
-    args = parser.parse_args(argv)
+    """Parse `argv` with `parser` and call main(args). Ctrl-C and SIGTERM stop the script cleanly (even in a
+    background job); a FlagError comes out worded with this parser's flag; running out of memory is one line
+    naming the batch size; a network of a ring whose command line is refused tells its peers."""
+    handle_interrupts()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:
+        if stop.code:
+            announce_refused_flags(parser, sys.argv[1:] if argv is None else list(map(str, argv)),
+                                   getattr(parser, "refusal", None))
+        raise
     args.command = list(sys.argv) if argv is None else [parser.prog, *map(str, argv)]
     try:
         return main(args)
     except FlagError as err:
         raise UserError(err.worded(flag_of(parser, err.field))) from None
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise UserError(out_of_memory(parser, args, err)) from None
+
+
+def is_out_of_memory(err):
+    """Whether `err` is an allocation that failed: MemoryError, torch.OutOfMemoryError on a GPU, or the
+    RuntimeError of torch's host allocator."""
+    text = str(err)
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text or \
+        "not enough memory" in text
+
+
+def out_of_memory(parser, args, err):
+    """The one line for a run that ran out of memory, with the batch size to lower."""
+    where = "GPU" if isinstance(err, torch.OutOfMemoryError) else "host"
+    batch = getattr(args, "batch_size", None)
+    lower = f"lower {flag_of(parser, 'batch_size')} (now {batch})" if batch else "use a smaller model or input"
+    detail = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+    return f"out of {where} memory ({detail}): {lower}"
+
+
+def announce_refused_flags(parser, argv, refusal):
+    """When a refused command line still says which network of which ring it was (--s, --i, --num), leave
+    that network's failed marker, so that its peers stop instead of waiting for it. Only a process that can
+    claim the network writes its marker: a duplicate of a running network leaves none."""
+    where = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.dest in ("session_dir", "index", "num") and action.option_strings:
+            where.add_argument(*action.option_strings, dest=action.dest, default=action.default)
+    try:
+        known, _ = where.parse_known_args(argv)
+        record = RunRecord(session_dir=known.session_dir, index=int(known.index), num=int(known.num),
+                           source="external")
+    except (SystemExit, ValueError, TypeError, AttributeError):
+        return
+    if record.num < 2 or not 1 <= record.index <= record.num or not os.path.isdir(record.session_dir or ""):
+        return
+    files = network_files(record.index)
+    try:
+        claim_run(record.session_dir, files, f"network {record.index}")
+    except (UserError, OSError):
+        return
+    try:
+        announce_failure(record, f"its command line was refused: {refusal}")
+    finally:
+        release_run(record.session_dir, files)

@@ -21,7 +21,11 @@ def resolve_device(name=None):
     except RuntimeError:
         raise UserError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise FlagError("device", f"{{flag}} {name}: CUDA is not available on this machine; use --device cpu")
+        raise FlagError("device", f"{{flag}} {name}: CUDA is not available on this machine; drop {{flag}} to "
+                                  f"run on the CPU")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FlagError("device", f"{{flag}} {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                                  f"numbered from 0")
     return device
 
 

@@ -84,7 +84,6 @@ class RunRecord:
     resize_size: int = None
     pretrained: bool = None
     evaluate: bool = None
-    gpu: int = None
     # loading, logging, speed
     workers: int = None
     print_freq: int = None

@@ -1,13 +1,14 @@
 """One network of a grafting session, end to end: train, graft at the end of every epoch through
 the ring exchange (or from a noise / internal scion), and leave a marker for the others on the way out."""
 import contextlib
-import signal
 import time
 import traceback
+from pathlib import Path
 
-from .errors import UserError
+from .errors import Terminated, UserError
 from .grafting import Grafter, graft_internal, graft_noise
-from .ring import announce_failure, open_ring
+from .ring import announce_failure, announce_start, open_ring
+from .session import AlreadyRunning, claim_run, network_files, release_run, stale_temporaries
 
 SOURCES = ("external", "noise", "internal")
 LEVELS = ("layer", "filter")
@@ -48,31 +49,48 @@ class GraftHook:
         return {"graft": entry, "test_loss_grafted": grafted["test_loss"], "test_acc_grafted": grafted["test_acc"]}
 
 
-def _raise_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def _reason(err):
     if isinstance(err, UserError):
         return str(err)
     if isinstance(err, KeyboardInterrupt):
         return "interrupted"
+    if isinstance(err, Terminated):
+        return str(err)
     if isinstance(err, SystemExit):
         return f"terminated (exit {err.code})"
     return f"{type(err).__name__}: {err}"
 
 
 @contextlib.contextmanager
-def failures_announced(record):
-    """Around a whole network's script, given its run record: an error before the ring starts (bad data,
-    a refused resume) still leaves what the ring's backend needs (ring.announce_failure), so the peers
-    stop at once instead of waiting for a network that never comes."""
+def running_network(record, files=None):
+    """Around a whole run's script, given its run record. When its session directory exists already (a
+    launcher made it, an earlier run wrote it) the run is claimed at once (a second process for the same
+    network is refused before it writes anything, else that happens when the session opens:
+    assembly.open_session), the temporaries a killed earlier process left are removed, and in a ring the
+    network shows itself alive from now on (ring.announce_start). An error before the ring opens (bad data,
+    a refused resume, SIGTERM) still leaves what the ring's backend needs (ring.announce_failure), so the
+    peers stop at once instead of waiting for a network that never comes. `files`: the run's files in the
+    session directory (default: network record.index's)."""
+    files = files or network_files(record.index)
+    ring = (record.num or 1) > 1
+    heartbeat = None
     try:
+        if Path(record.session_dir).is_dir():
+            claim_run(record.session_dir, files, f"network {record.index} of {record.session_dir}")
+            for path in stale_temporaries(record.session_dir, files, record.index if ring else None):
+                path.unlink(missing_ok=True)
+            if ring:
+                heartbeat = announce_start(record)
         yield
     except BaseException as err:
-        if not isinstance(err, SystemExit):
+        if ring and (isinstance(err, Terminated) or not isinstance(err, SystemExit)) and \
+                not isinstance(err, AlreadyRunning):
             announce_failure(record, _reason(err))
         raise
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+        release_run(record.session_dir, files)
 
 
 def run_network(trainer, record):
@@ -82,7 +100,6 @@ def run_network(trainer, record):
     session = trainer.session
     exchange = open_ring(record, arch=record.arch, device=trainer.device, log=session.log)
     grafting = exchange is not None or record.source != "external"
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         hook = None
         if grafting:
@@ -99,10 +116,10 @@ def run_network(trainer, record):
         if not isinstance(err, (UserError, KeyboardInterrupt, SystemExit)):
             session.log(traceback.format_exc(), console=False)
         if exchange is not None:
-            exchange.close(error=_reason(err))
+            culprit = exchange.close(error=_reason(err))
+            if isinstance(err, Terminated) and culprit:
+                err.reason = culprit  # the one line the script ends with names who stopped the ring
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if exchange is not None:
         exchange.close()
     session.log(f"network {record.index} finished: best test accuracy {trainer.best_acc:.2f}%")

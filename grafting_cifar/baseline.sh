@@ -12,10 +12,22 @@ EPOCHS=${EPOCHS:-200}
 LR=${LR:-0.1}
 DATA=${DATA:-../data}
 S=${S:-checkpoint/baseline_${MODEL}_c${CIFAR}}
-status=0
+check_count NUM "$NUM" || exit 2
+runs=()
 for run in $(seq 1 "$NUM"); do
     GPUS=$(gpu_for "$run") launch_ring "$REPO_ROOT/grafting_cifar/grafting.py" 1 "$S/run$run" \
         --model "$MODEL" --cifar "$CIFAR" --epochs "$EPOCHS" --lr "$LR" --data "$DATA" "$@" &
+    runs+=($!)
 done
-for job in $(jobs -p); do wait "$job" || status=1; done
+# each run's launcher stops its network on SIGTERM
+trap 'kill -s TERM "${runs[@]}" 2>/dev/null' INT TERM
+status=0
+for job in "${runs[@]}"; do
+    while :; do
+        wait "$job"
+        rc=$?
+        kill -0 "$job" 2>/dev/null || break  # still running: a signal broke off the wait
+    done
+    [ "$rc" -eq 0 ] || status=$rc
+done
 exit $status

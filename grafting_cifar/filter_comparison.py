@@ -5,6 +5,7 @@ convolutions of the main path, the 1×1 shortcut projections left out (--all-con
 """
 import argparse
 
+from filtergraft import cli
 from filtergraft.analysis import count_invalid_filters, counted_checkpoint
 from filtergraft.checkpoint import load_checkpoint
 from filtergraft.errors import UserError, exit_on_user_error
@@ -13,7 +14,7 @@ from filtergraft.errors import UserError, exit_on_user_error
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Invalid filters of checkpoints at given L1 thresholds")
     parser.add_argument("checkpoints", nargs="+", help="best_<i>.t7 / last_<i>.t7 / bare state dicts")
-    parser.add_argument("--threshold", type=float, nargs="+", default=[0.1], help="L1-norm thresholds")
+    parser.add_argument("--threshold", type=cli.finite, nargs="+", default=[0.1], help="L1-norm thresholds")
     parser.add_argument("--all-convs", action="store_true",
                         help="count every conv, the 1×1 shortcut projections included (the paper leaves them out)")
     parser.add_argument("--model", dest="arch", default=None,

@@ -6,7 +6,7 @@ from filtergraft import cli
 from filtergraft.assembly import check_cifar_network, cifar_trainer
 from filtergraft.errors import exit_on_user_error
 from filtergraft.models import model_names
-from filtergraft.runner import failures_announced, run_network
+from filtergraft.runner import running_network, run_network
 
 
 def build_parser():
@@ -22,7 +22,7 @@ def build_parser():
 
 def run(args):
     record = cli.grafting_record(args, "grafting_cifar")
-    with failures_announced(record):
+    with running_network(record):
         check_cifar_network(record)
         run_network(cifar_trainer(record), record)
 

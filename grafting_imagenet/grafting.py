@@ -17,7 +17,7 @@ from filtergraft.errors import UserError, exit_on_user_error
 from filtergraft.models.imagenet import (CROP_SIZE, RESIZE_SIZE, check_arch, crop_sizes, imagenet_model,
                                          pretrained_weights)
 from filtergraft.record import RunRecord
-from filtergraft.runner import failures_announced, run_network
+from filtergraft.runner import running_network, run_network
 from filtergraft.session import network_files, read_jsonl
 
 SCRIPT = "grafting_imagenet"
@@ -42,7 +42,8 @@ def build_parser():
                         help="only evaluate the --resume or --pretrained weights on val/: top-1 and top-5")
     parser.add_argument("--pretrained", action="store_true",
                         help="start from torchvision's default weights (must already be in the torch hub cache)")
-    parser.add_argument("--gpu", type=int, default=None, help="GPU id (default: the first GPU, else the CPU)")
+    parser.add_argument("--gpu", dest="device", type=cli.gpu_device, default=None,
+                        help="GPU id (default: the first GPU, else the CPU)")
     parser.add_argument("--steplr", dest="cos", action="store_false",
                         help="×0.1 every --lr-step epochs (the release's baseline script) instead of the grafting "
                              "script's per-iteration cosine (the default; --cos is accepted)")
@@ -110,11 +111,10 @@ def train(record):
 
 
 def run(args):
-    args.device = None if args.gpu is None else f"cuda:{args.gpu}"
     if args.evaluate:
         return evaluate_only(RunRecord.from_flags(SCRIPT, args))
     record = cli.grafting_record(args, SCRIPT)
-    with failures_announced(record):
+    with running_network(record):
         train(record)
 
 

@@ -14,6 +14,7 @@ baseline, distillation alone should not.
 import argparse
 import math
 
+from filtergraft import cli
 from filtergraft.analysis import counted_checkpoint, mean_l1_by_mask, valid_masks
 from filtergraft.checkpoint import check_compatible, load_checkpoint, state_dict_of
 from filtergraft.errors import UserError, exit_on_user_error
@@ -33,7 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--baseline", required=True, metavar="PATH", help="baseline checkpoint (fixes the sets)")
     parser.add_argument("--method", type=method_spec, action="append", default=[], metavar="NAME=PATH",
                         help="a method's checkpoint of the same architecture (repeat the flag)")
-    parser.add_argument("--threshold", type=float, default=0.1,
+    parser.add_argument("--threshold", type=cli.finite, default=0.1,
                         help="a filter is invalid when its L1 norm in the baseline is below this")
     parser.add_argument("--all-convs", action="store_true",
                         help="every conv's filters, the 1×1 shortcut projections included (the papers leave them out)")

@@ -16,7 +16,7 @@ from filtergraft.assembly import check_cifar_network, cifar_trainer
 from filtergraft.distill import DistillationLoss, load_teachers
 from filtergraft.errors import exit_on_user_error
 from filtergraft.models import model_names
-from filtergraft.runner import failures_announced, run_network
+from filtergraft.runner import running_network, run_network
 
 GRAFTING_PLUS_C = 10.0  # the grafting+ release's --c (SPEC §4), not the grafting paper's 500
 
@@ -52,7 +52,7 @@ def run(args):
         memory_format = torch.channels_last if record.channels_last else torch.preserve_format
         return DistillationLoss([t.to(device, memory_format=memory_format) for t, _ in teachers], record.T)
 
-    with failures_announced(record):
+    with running_network(record):
         trainer = cifar_trainer(record, loss_for_device if teachers else None)
         for teacher, (_, acc) in zip(record.teachers, teachers):
             recorded = "unknown" if acc is None else f"{acc:.2f}%"

@@ -52,8 +52,12 @@ run() {
 
 echo "== teacher $TEACHER ($TEACHER_S)"
 run "$REPO_ROOT/grafting_cifar/grafting.py" 1 "$TEACHER_S" "$TEACHER_EPOCHS" --model "$TEACHER" --cifar "$CIFAR" \
-    "${COMMON[@]}" && [ -f "$TEACHER_CKPT" ] ||
-    { echo "no trained teacher $TEACHER_CKPT; see $(query file "$TEACHER_S" 1 log)"; exit 1; }
+    "${COMMON[@]}" && [ -f "$TEACHER_CKPT" ] || {
+    rc=$?
+    [ "$rc" -ge 128 ] && exit "$rc"  # stopped by a signal: no more rows
+    echo "no trained teacher $TEACHER_CKPT; see $(query file "$TEACHER_S" 1 log)"
+    exit 1
+}
 
 STUDENT_FLAGS=(--arch "$STUDENT" --num_classes "$CIFAR" "${COMMON[@]}")
 TEACHER_FLAGS=(--teacher_arch "$TEACHER" --teacher_dir "$TEACHER_CKPT" --T "$T")
@@ -66,7 +70,11 @@ for row in "${ROWS[@]}"; do
     teacher=() rates=()
     case $name in distillation|grafting+) teacher=("${TEACHER_FLAGS[@]}") ;; esac
     [ "$num" -gt 1 ] && [ ${#LRS[@]} -gt 0 ] && rates=(--lr-per-network "${LRS[@]}")
-    run "$SCRIPT" "$num" "$S/$name" "$EPOCHS" "${STUDENT_FLAGS[@]}" "${rates[@]}" "${teacher[@]}" "$@" || status=1
+    run "$SCRIPT" "$num" "$S/$name" "$EPOCHS" "${STUDENT_FLAGS[@]}" "${rates[@]}" "${teacher[@]}" "$@" || {
+        rc=$?
+        [ "$rc" -ge 128 ] && exit "$rc"  # stopped by a signal: no more rows
+        status=1
+    }
 done
 
 echo

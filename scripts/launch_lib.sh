@@ -6,7 +6,8 @@
 # (comma-separated ids, round-robin when there are fewer GPUs than networks); when GPUS is unset, every
 # GPU nvidia-smi lists; when there is none, the CPU, with the cores shared out between the processes.
 # Each network's console goes to SESSION_DIR/<i>.out (its log is SESSION_DIR/<i>.log). Waits for all,
-# reports every exit status, and returns non-zero when any network failed.
+# reports every exit status, and returns non-zero when any network failed. The launcher owns its networks:
+# the first that fails stops the others, and so does a Ctrl-C, SIGINT or SIGTERM of the launcher (supervise).
 #
 # EXCHANGE=dist starts one torchrun instead: NUM networks on this machine, NNODES machines (default 1),
 # this one NODE_RANK; MASTER_ADDR and MASTER_PORT name node 0 (on one machine without MASTER_PORT,
@@ -53,9 +54,18 @@ session_file() {
     "$PYTHON" -m filtergraft.results.launcher file "$@"
 }
 
+# check_count NAME VALUE: VALUE is a whole number of 1 or more, else one line saying so (status 2).
+check_count() {
+    if ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then
+        echo "error: $1 must be a whole number of networks, 1 or more, not '$2'" >&2
+        return 2
+    fi
+}
+
 launch_ring() {
     local script=$1 num=$2 dir=$3 launcher
     shift 3
+    check_count NUM "$num" || return 2
     launcher=$(ring_launcher "$num") || return 2
     mkdir -p "$dir" || return 1
     if [ "$launcher" = torchrun ]; then
@@ -66,7 +76,7 @@ launch_ring() {
     [ "$threads" -ge 1 ] || threads=1
     local pids=() outs=() i gpu out log
     for i in $(seq 1 "$num"); do
-        { read -r out && read -r log; } < <(session_file "$dir" "$i" console log) || return 1
+        { read -r out && read -r log; } < <(session_file "$dir" "$i" console log) || { stop_networks KILL "${pids[@]}"; return 1; }
         gpu=$(gpu_for "$i")
         if [ -n "$gpu" ]; then
             echo "network $i on GPU $gpu: $log"
@@ -79,13 +89,65 @@ launch_ring() {
         pids+=($!)
         outs+=("$out")
     done
-    local status=0 rc
-    for i in $(seq 1 "$num"); do
-        wait "${pids[$((i - 1))]}"
+    supervise 1 pids outs
+}
+
+# STOP_GRACE: seconds a network has to stop after SIGTERM before it is killed (SIGKILL).
+STOP_GRACE=${STOP_GRACE:-30}
+
+# stop_networks SIGNAL PID...: send SIGNAL to those of the PIDs still running.
+stop_networks() {
+    local signal=$1
+    shift
+    [ $# -gt 0 ] && kill -s "$signal" "$@" 2>/dev/null
+    return 0
+}
+
+# supervise FIRST PIDS OUTS: wait for the networks FIRST, FIRST+1, ... whose pids and consoles are in the
+# arrays named PIDS and OUTS, as torchrun does: the first to fail stops the others at once (SIGTERM, then
+# SIGKILL after STOP_GRACE seconds), and so does a SIGINT or SIGTERM of the launcher (Ctrl-C); a second
+# one kills them. Then every network's exit status; non-zero when any failed or the launcher was stopped.
+supervise() {
+    local first=$1
+    local -n _pids=$2 _outs=$3
+    local -A code=()
+    local running=("${_pids[@]}") stopped="" killer="" pid rc k status=0
+    stop_all() {  # stop_all WHY
+        if [ -n "$stopped" ]; then
+            stop_networks KILL "${running[@]}"
+            return
+        fi
+        stopped=$1
+        stop_networks TERM "${running[@]}"
+        # short sleeps, so that the watchdog ends at once when it is no longer needed
+        ( for ((t = 0; t < STOP_GRACE * 10; t++)); do sleep 0.1; done; kill -s KILL "${running[@]}" 2>/dev/null ) &
+        killer=$!
+    }
+    trap 'echo "launcher: interrupted, stopping every network"; stop_all interrupted' INT
+    trap 'echo "launcher: terminated, stopping every network"; stop_all terminated' TERM
+    while [ ${#running[@]} -gt 0 ]; do
+        pid=""
+        wait -n -p pid "${running[@]}"
         rc=$?
-        report_exit "$i" "$rc" "${outs[$((i - 1))]}"
+        [ -n "${pid:-}" ] || continue  # a signal broke off the wait: its trap has run
+        code[$pid]=$rc
+        running=($(for k in "${running[@]}"; do [ "$k" != "$pid" ] && echo "$k"; done))
+        if [ "$rc" -ne 0 ] && [ -z "$stopped" ]; then
+            for k in "${!_pids[@]}"; do [ "${_pids[$k]}" = "$pid" ] && echo "network $((first + k)) failed (exit $rc): stopping the others"; done
+            stop_all failed
+        fi
+    done
+    trap - INT TERM
+    [ -n "$killer" ] && kill "$killer" 2>/dev/null
+    for k in "${!_pids[@]}"; do
+        rc=${code[${_pids[$k]}]}
+        report_exit "$((first + k))" "$rc" "${_outs[$k]}"
         [ "$rc" -eq 0 ] || status=1
     done
+    case $stopped in
+        interrupted) return 130 ;;
+        terminated) return 143 ;;
+    esac
     return $status
 }
 
@@ -145,8 +207,16 @@ launch_torchrun() {
     "$PYTHON" -m torch.distributed.run "${run[@]}" --no-python -- \
         bash -c 'source "$0" && dist_worker "$@"' "$REPO_ROOT/scripts/launch_lib.sh" \
         "$status_dir" "$dir" "${OMP_NUM_THREADS:-$threads}" "$PYTHON" "$script" \
-        --num "$((nnodes * num))" --s "$dir" --exchange dist "$@" >"$dir/torchrun_node$node.out" 2>&1
-    local status=$? i
+        --num "$((nnodes * num))" --s "$dir" --exchange dist "$@" >"$dir/torchrun_node$node.out" 2>&1 &
+    local torchrun=$! status i
+    # torchrun stops its workers on SIGTERM as on a failure of one of them
+    trap 'kill -s TERM "$torchrun" 2>/dev/null' INT TERM
+    while :; do
+        wait "$torchrun"
+        status=$?
+        kill -0 "$torchrun" 2>/dev/null || break  # still running: a signal broke off the wait
+    done
+    trap - INT TERM
     for i in $(seq $((node * num + 1)) $(((node + 1) * num))); do
         if [ -f "$status_dir/$i" ]; then
             report_exit "$i" "$(cat "$status_dir/$i")" "$(session_file "$dir" "$i" console)"

@@ -19,6 +19,7 @@ from filtergraft.data import DATASETS, cifar_like_datasets, image_folder_dataset
 from filtergraft.errors import FlagError, UserError, exit_on_user_error
 from filtergraft.models import create_model, model_names
 from filtergraft.record import RunRecord
+from filtergraft.runner import running_network
 from filtergraft.session import SINGLE_RUN_FILES
 from filtergraft.stripe import update_skeleton
 from filtergraft.stripe.report import freeze_conv_weights, kept_stripes, prune_and_report, prune_checkpoint
@@ -39,10 +40,10 @@ def build_parser():
     parser.add_argument("--lr", type=cli.positive(float), default=0.1,
                         help="initial learning rate, ×0.1 at 50 %% and 75 %% of the epochs")
     cli.add_training_flags(parser, **TRAINING)
-    parser.add_argument("--seed", type=int, default=1, help="random seed, as the release")
+    parser.add_argument("--seed", type=cli.seed, default=1, help="random seed, as the release")
     parser.add_argument("--save", dest="session_dir", default="checkpoint/stripe", help="output directory")
-    parser.add_argument("--sr", type=float, default=None, help="L1 strength on the Filter Skeleton (none: baseline)")
-    parser.add_argument("--threshold", type=float, default=None, help="skeleton entries at or below it are pruned")
+    parser.add_argument("--sr", type=cli.finite, default=None, help="L1 strength on the Filter Skeleton (none: baseline)")
+    parser.add_argument("--threshold", type=cli.finite, default=None, help="skeleton entries at or below it are pruned")
     parser.add_argument("--freeze-weights", action="store_true",
                         help="shape only: conv weights stay at their random initialisation; the skeleton, "
                              "BatchNorm and classifier train")
@@ -95,9 +96,13 @@ def datasets_for(record):
 
 def run(args):
     record = stripe_record(args)
-    if record.evaluate is not None:
-        return prune_checkpoint(record, lambda: datasets_for(record))
+    with running_network(record, SINGLE_RUN_FILES):
+        if record.evaluate is not None:
+            return prune_checkpoint(record, lambda: datasets_for(record))
+        return train_and_prune(record)
 
+
+def train_and_prune(record):
     def build_model(num_classes):
         model = create_model(record.arch, num_classes, kind="stripe")
         if record.freeze_weights:

@@ -32,10 +32,10 @@ def test_baseline_writes_the_session_files(baseline):
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all(METRIC_KEYS <= set(m) and "graft" not in m for m in metrics)
     assert metrics[-1]["best_acc"] == max(m["test_acc"] for m in metrics)
-    best = torch.load(session / "best_1.t7", weights_only=False)
+    best = torch.load(session / "best_1.t7", weights_only=True)
     assert {"net", "acc", "epoch", "arch", "num_classes"} <= set(best)
     assert best["acc"] == metrics[-1]["best_acc"] and best["arch"] == "resnet20"
-    last = torch.load(session / "last_1.t7", weights_only=False)
+    last = torch.load(session / "last_1.t7", weights_only=True)
     assert last["epoch"] == 2 and {"net", "optimizer", "scheduler", "best_acc", "rng"} <= set(last)
     log = (session / "1.log").read_text()
     assert "epoch 2/2" in log and "epoch 2/2" in result.stdout
@@ -83,7 +83,7 @@ def test_sigkill_mid_epoch_then_resume_leaves_no_gap_or_duplicate(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "resumed" in result.stdout and "after epoch 1" in result.stdout
     assert [m["epoch"] for m in read_jsonl(tmp_path / "metrics_1.jsonl")] == [1, 2, 3]
-    assert torch.load(tmp_path / "last_1.t7", weights_only=False)["epoch"] == 3
+    assert torch.load(tmp_path / "last_1.t7", weights_only=True)["epoch"] == 3
 
 
 BAD_INPUTS = [

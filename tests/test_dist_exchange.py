@@ -86,7 +86,7 @@ def worker_pid(session, rank):
 
 
 def last_nets(session, num):
-    return [torch.load(session / f"last_{i}.t7", weights_only=False)["net"] for i in range(1, num + 1)]
+    return [torch.load(session / f"last_{i}.t7", weights_only=True)["net"] for i in range(1, num + 1)]
 
 
 def grafts(session, i):
@@ -148,7 +148,7 @@ def test_two_networks_match_file_exchange_then_resume(tmp_path):
     for i in (1, 2):
         assert "resumed from" in (dist_session / f"{i}.log").read_text()
         assert [g["peer"] for g in grafts(dist_session, i)] == [3 - i, 3 - i]
-        resumed = torch.load(dist_session / f"last_{i}.t7", weights_only=False)
+        resumed = torch.load(dist_session / f"last_{i}.t7", weights_only=True)
         assert resumed["epoch"] == 2
 
 

@@ -43,7 +43,7 @@ def accuracy():
 
 
 def load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_reported_accuracy_is_the_pre_graft_networks(pair, accuracy):

@@ -71,7 +71,7 @@ def test_training_flags_reach_the_optimizer_and_the_loader(runs, script):
     result, session = runs[script]
     assert result.returncode == 0, result.stderr
     flags, images, log, last = RUNS[script]
-    group = torch.load(session / last, map_location="cpu", weights_only=False)["optimizer"]["param_groups"][0]
+    group = torch.load(session / last, map_location="cpu", weights_only=True)["optimizer"]["param_groups"][0]
     assert (group["momentum"], group["weight_decay"]) == (MOMENTUM, WEIGHT_DECAY), group
     batch_size = flags[flags.index("-b") + 1]
     steps = [(int(step), int(total)) for step, total in re.findall(r"epoch 1 \[(\d+)/(\d+)\]",

@@ -47,9 +47,9 @@ class Session:
 
     def __init__(self, path, epoch):
         self.path = path
-        self.pre = {i: torch.load(path / "exchange" / f"net{i}_epoch{epoch}.t7", weights_only=False)["net"]
+        self.pre = {i: torch.load(path / "exchange" / f"net{i}_epoch{epoch}.t7", weights_only=True)["net"]
                     for i in (1, 2)}
-        self.post = {i: torch.load(path / f"last_{i}.t7", weights_only=False)["net"] for i in (1, 2)}
+        self.post = {i: torch.load(path / f"last_{i}.t7", weights_only=True)["net"] for i in (1, 2)}
         self.graft = {i: read_jsonl(path / f"metrics_{i}.jsonl")[-1]["graft"] for i in (1, 2)}
         assert all(read_jsonl(path / f"metrics_{i}.jsonl")[-1]["epoch"] == epoch for i in (1, 2))
 

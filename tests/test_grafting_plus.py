@@ -73,7 +73,7 @@ def test_distillation_loss_matches_numpy(num_teachers):
 
 def test_teacher_stays_frozen_while_a_student_trains(teacher, tmp_path):
     model, acc = load_teacher("resnet20", str(teacher), 10)
-    saved = torch.load(teacher, weights_only=False)
+    saved = torch.load(teacher, weights_only=True)
     assert acc == saved["acc"] and not model.training
     assert not any(p.requires_grad for p in model.parameters())
     gen = torch.Generator().manual_seed(0)
@@ -105,7 +105,7 @@ def test_two_students_graft_and_distill(teacher, tmp_path):
         assert record["train_kd"] > 0 and record["train_ce"] > 0
         assert record["train_loss"] == pytest.approx(record["train_ce"] + record["train_kd"], rel=1e-5)
         assert record["graft"]["peer"] == peer and record["graft"]["layers"]
-        best = torch.load(session / f"best_{i}.t7", weights_only=False)
+        best = torch.load(session / f"best_{i}.t7", weights_only=True)
         assert best["arch"] == "resnet20" and best["num_classes"] == 10
     config = json.loads((session / "session.json").read_text())
     assert config["script"] == "grafting_plus" and config["T"] == 2.0
@@ -119,7 +119,7 @@ def test_two_students_graft_and_distill(teacher, tmp_path):
 def test_refused_teachers(case, teacher, tmp_path):
     if case == "bare_state_dict":
         bare = tmp_path / "bare.t7"
-        torch.save(torch.load(teacher, weights_only=False)["net"], bare)
+        torch.save(torch.load(teacher, weights_only=True)["net"], bare)
         teacher_flags = ["--teacher_arch", "resnet32", "--teacher_dir", bare]
     else:
         teacher_flags = {

@@ -47,9 +47,9 @@ def pair(tmp_path_factory):
 
 
 def test_post_graft_weights_match_a_recomputation_from_the_exchange_files(pair):
-    pre = {i: torch.load(pair / "exchange" / f"net{i}_epoch1.t7", weights_only=False)["net"] for i in (1, 2)}
+    pre = {i: torch.load(pair / "exchange" / f"net{i}_epoch1.t7", weights_only=True)["net"] for i in (1, 2)}
     for i, peer in ((1, 2), (2, 1)):
-        after = torch.load(pair / f"last_{i}.t7", weights_only=False)["net"]
+        after = torch.load(pair / f"last_{i}.t7", weights_only=True)["net"]
         graft = read_jsonl(pair / f"metrics_{i}.jsonl")[0]["graft"]
         assert graft["peer"] == peer
         logged = {layer["name"]: layer["alpha"] for layer in graft["layers"]}
@@ -64,7 +64,7 @@ def test_post_graft_weights_match_a_recomputation_from_the_exchange_files(pair):
 
 
 def test_two_networks_learn_on_different_data_orders_and_inits(pair):
-    pre = {i: torch.load(pair / "exchange" / f"net{i}_epoch1.t7", weights_only=False)["net"] for i in (1, 2)}
+    pre = {i: torch.load(pair / "exchange" / f"net{i}_epoch1.t7", weights_only=True)["net"] for i in (1, 2)}
     assert not torch.equal(pre[1]["conv1.weight"], pre[2]["conv1.weight"])
 
 

@@ -101,9 +101,9 @@ def test_every_conv_and_linear_of_resnet18_gets_its_own_alpha(ring):
     assert list(layers) == expected and SHORTCUT in layers
 
     # Recompute the shortcut conv's graft from the pre-graft weights both networks left in exchange/.
-    own = torch.load(session / "exchange" / "net1_epoch1.t7", weights_only=False)["net"]
-    peer = torch.load(session / "exchange" / "net2_epoch1.t7", weights_only=False)["net"]
-    grafted = torch.load(session / "last_1.t7", weights_only=False)["net"]
+    own = torch.load(session / "exchange" / "net1_epoch1.t7", weights_only=True)["net"]
+    peer = torch.load(session / "exchange" / "net2_epoch1.t7", weights_only=True)["net"]
+    grafted = torch.load(session / "last_1.t7", weights_only=True)["net"]
     record = layers[SHORTCUT]
     h_self = entropy(own[f"{SHORTCUT}.weight"].numpy().ravel())
     h_peer = entropy(peer[f"{SHORTCUT}.weight"].numpy().ravel())
@@ -133,7 +133,7 @@ def test_evaluate_reports_the_best_checkpoints_accuracy(ring, folder):
     result = run_script(SCRIPT, "--data", folder, *SMALL, "-e", "--resume", session / "best_1.t7")
     assert result.returncode == 0, result.stderr
     top1, top5 = map(float, re.search(r"top-1 ([\d.]+)% top-5 ([\d.]+)%", result.stdout).groups())
-    best = torch.load(session / "best_1.t7", weights_only=False)
+    best = torch.load(session / "best_1.t7", weights_only=True)
     [line] = [m for m in metrics(session, 1) if m["epoch"] == best["epoch"]]
     assert top1 == pytest.approx(best["acc"], abs=0.006) and top1 == pytest.approx(line["test_acc"], abs=0.006)
     assert top5 == pytest.approx(line["test_acc5"], abs=0.006) and top5 >= top1

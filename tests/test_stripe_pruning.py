@@ -65,7 +65,7 @@ def test_freeze_weights_keeps_conv_weights_byte_identical(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     seed_everything(5)
     initial = StripeResNet56(num_classes=10).state_dict()
-    trained = torch.load(tmp_path / "last.pth.tar", weights_only=False)["net"]
+    trained = torch.load(tmp_path / "last.pth.tar", weights_only=True)["net"]
     convs = [n for n, m in StripeResNet56(num_classes=10).named_modules() if isinstance(m, FilterStripe)]
     assert convs
     for name in convs:

@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
+from ..checkpoint import load_checkpoint
 from ..errors import UserError
 
 CROP_SIZE, RESIZE_SIZE = 224, 256
@@ -30,12 +31,15 @@ def check_arch(name):
 
 
 def pretrained_weights(arch):
-    """torchvision's default weights of `arch`, when their file is already in the local torch hub cache."""
+    """torchvision's default weights of `arch`, when their file is already in the local torch hub cache and
+    holds data alone: it is read with weights_only=True first, since torchvision's own loading would run any
+    code a replaced cache file carries."""
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(weights.url).path))
     if not os.path.isfile(path):
         raise UserError(f"--pretrained: {weights} is not in the torch hub cache and this run does not download; "
                         f"download {weights.url} to {path} first")
+    load_checkpoint(path, "--pretrained: the cached file")
     return weights
 
 

@@ -39,6 +39,12 @@ def open_ring(record, *, arch, device, log):
     return _backend(record).for_record(record, **settings).start()
 
 
+def announce_start(record):
+    """Show network record.index alive to its peers from now on, when the run uses the ring: what the
+    caller stops when the process ends (an object with stop()), or None."""
+    return _backend(record).announce_start(record) if uses_ring(record) else None
+
+
 def announce_failure(record, reason):
     """Leave what the other networks of the session need to stop at once when this one dies before or
     outside the ring (a refused flag, bad data, a resume that fails): with files, net<i>.failed."""

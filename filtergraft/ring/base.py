@@ -102,6 +102,13 @@ class RingMember:
         from it, before the run reads them. By default the flags (--i, --num) already said it."""
 
     @classmethod
+    def announce_start(cls, record):
+        """Show network record.index alive from the start of its process, before the ring opens; returns
+        what the caller stops at the end (an object with stop()), or None. By default nothing: a backend
+        whose launcher watches the processes needs no more."""
+        return None
+
+    @classmethod
     def announce_failure(cls, record, reason):
         """Leave word that network record.index stopped on `reason` before or outside the ring. By default
         nothing: a backend whose launcher reports every network's exit has nothing to add."""

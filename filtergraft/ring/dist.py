@@ -312,14 +312,16 @@ class DistRingExchange(RingMember):
             return None
 
     def close(self, error=None):
-        """Stop watching, announce done or failed (with the reason) to the peers, and release the group.
+        """Stop watching, announce done or failed (with the reason) to the peers, and release the group;
+        returns the line that names the network that failed first, when this one learnt it (else None).
 
         A network stopped from outside (the runner calls this while handling SystemExit from torchrun's
         SIGTERM, which torchrun sends to the others once one fails) names the network that failed first;
         after a Ctrl-C (KeyboardInterrupt) there is nothing to name."""
         self._stop_watching()
+        culprit = None
         if self._store is None:
-            return
+            return culprit
         if error is None:
             self._announce("done")
         else:
@@ -328,9 +330,11 @@ class DistRingExchange(RingMember):
             culprit = None if said else self._failure or self._look_for_failure()
             self._announce("failed", reason=error, outside=isinstance(stop, (KeyboardInterrupt, SystemExit)))
             if culprit is not None:
-                self.log(f"network {self.index} stops: {culprit}")
+                culprit = f"network {self.index} stops: {culprit}"
+                self.log(culprit)
         if self._owns_group and error is None:
             dist.destroy_process_group()
+        return culprit
 
 
 def _first_line(err):

@@ -20,14 +20,16 @@ class SessionFiles:
     metrics: str
     best: str
     last: str
+    lock: str  # held by the one process that runs it (claim.py)
 
 
 def network_files(index):
     """Grafting sessions: one set of files per network i (a string index gives patterns: "*", "<i>")."""
-    return SessionFiles(f"{index}.log", f"metrics_{index}.jsonl", f"best_{index}.t7", f"last_{index}.t7")
+    return SessionFiles(f"{index}.log", f"metrics_{index}.jsonl", f"best_{index}.t7", f"last_{index}.t7",
+                        f"{index}.lock")
 
 
-SINGLE_RUN_FILES = SessionFiles("train.log", "metrics.jsonl", "best.pth.tar", "last.pth.tar")
+SINGLE_RUN_FILES = SessionFiles("train.log", "metrics.jsonl", "best.pth.tar", "last.pth.tar", "run.lock")
 
 
 def console_file(index):
