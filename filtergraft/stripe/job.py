@@ -57,6 +57,7 @@ def run_prune(args):
     device = resolve_device(args.device)
     seed_everything(args.seed)
     model, meta = trained_stripe_model(args.checkpoint, args.arch, args.num_classes, f"checkpoint {args.checkpoint}")
+    # What the checkpoint records wins; the datasets read the class count from args, as from a RunRecord.
     args.arch, args.num_classes = meta["arch"], meta["num_classes"]
     trained = args.train_threshold if args.train_threshold is not None else meta["threshold"]
     train_set, test_set = stripe_datasets(args)

@@ -5,6 +5,7 @@ network's latency against the dense network's; written as sweep.csv, sweep.md an
 import csv
 import os
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -52,20 +53,19 @@ def latency(module, batch, input_size, min_run_time=MIN_RUN_TIME):
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def dense_reference(model, inputs, batches, min_run_time):
-    """{flops_executed, latency per batch} of the dense network: the unthresholded one, BatchNorm folded,
-    every conv dense, exported."""
-    pruned, _ = pruned_network(masked_at(model, None), inputs)
+def dense_reference(model, inputs):
+    """{flops_executed, module} of the dense network: the one at threshold 0 (only stripes already at zero
+    gone, as in the sweep's first row), BatchNorm folded, every conv dense, exported."""
+    pruned, _ = pruned_network(masked_at(model, 0.0), inputs)
     for _, conv in stripe_convs(pruned):
         conv.mode = "dense"
     program = export_pruned(pruned, None, inputs)
-    input_size = tuple(inputs.shape[1:])
-    return {"flops_executed": program_flops(program, input_size),
-            "latency": {b: latency(program.module(), b, input_size, min_run_time) for b in batches}}
+    return {"flops_executed": program_flops(program, tuple(inputs.shape[1:])), "module": program.module()}
 
 
 def sweep_row(model, threshold, data, bn_batches, dense, batches, min_run_time):
-    """The sweep's measurements at one threshold (module docstring); accuracies in %, latencies in ms."""
+    """The sweep's measurements at one threshold (module docstring); accuracies in %, latencies in ms. The dense
+    network is timed again beside each row's, so that both see the same load on a shared machine."""
     inputs, input_size = example_batch(data.test_loader)
     masked = masked_at(model, threshold)
     pruned, _ = pruned_network(masked, inputs)
@@ -82,9 +82,10 @@ def sweep_row(model, threshold, data, bn_batches, dense, batches, min_run_time):
         recalibrate_batchnorm(masked, data.train_loader, bn_batches, data.device)
         row["acc_recalibrated"] = accuracy(masked, data, "recalibrated")
     for b in batches:
+        dense_seconds = latency(dense["module"], b, input_size, min_run_time)
         seconds = latency(program.module(), b, input_size, min_run_time)
-        row[f"latency_ms_b{b}"] = 1e3 * seconds
-        row[f"speedup_b{b}"] = dense["latency"][b] / seconds
+        row.update({f"latency_ms_b{b}": 1e3 * seconds, f"dense_ms_b{b}": 1e3 * dense_seconds,
+                    f"speedup_b{b}": dense_seconds / seconds})
     return row
 
 
@@ -98,7 +99,7 @@ def run_sweep(model, trained, data, directory, log=print, bn_batches=0, batches=
         f"{len(fs):,} prunable stripes" + (f"; from {limit:.6g} on {layer} would lose its last stripe, so the "
                                             "sweep stops below it" if layer else ""))
     inputs, _ = example_batch(data.test_loader)
-    dense = dense_reference(model, inputs, batches, min_run_time)
+    dense = dense_reference(model, inputs)
     rows = []
     for threshold in thresholds:
         row = {**sweep_row(model, threshold, data, bn_batches, dense, batches, min_run_time),
@@ -110,7 +111,7 @@ def run_sweep(model, trained, data, directory, log=print, bn_batches=0, batches=
         rows.append(row)
     directory = Path(directory)
     write_csv(rows, directory / SWEEP_CSV)
-    (directory / SWEEP_TABLE).write_text(markdown(rows, dense, batches, bn_batches))
+    (directory / SWEEP_TABLE).write_text(markdown(rows, dense["flops_executed"], batches, bn_batches))
     plot_sweep(rows, directory / SWEEP_PLOT)
     log(f"sweep written to {directory / SWEEP_CSV}, {directory / SWEEP_TABLE} and {directory / SWEEP_PLOT}; "
         f"latencies on {timing_device()}")
@@ -125,14 +126,16 @@ def write_csv(rows, path):
         writer.writerows(rows)
 
 
-def markdown(rows, dense, batches, bn_batches):
-    """The sweep as a Markdown table, the timing device and the dense network's latencies above it."""
+def markdown(rows, dense_flops, batches, bn_batches):
+    """The sweep as a Markdown table, the timing device and the dense network's FLOPs and median latencies
+    (over its timings beside every row) above it."""
     recal = [f"acc, BN recal. {bn_batches} batches (%)"] if bn_batches else []
     head = ["threshold", "stripes kept (%)", "params −%", "FLOPs −% (release)", "FLOPs executed (M)", "acc (%)",
             *recal, *(f"ms, batch {b} (×dense)" for b in batches)]
     lines = [f"Latency: median of torch.utils.benchmark on {timing_device()}; dense network (BatchNorm folded, "
-             f"every conv dense): {dense['flops_executed'] / 1e6:.2f} M FLOPs executed, "
-             + ", ".join(f"{1e3 * dense['latency'][b]:.2f} ms at batch {b}" for b in batches) + ". "
+             f"every conv dense): {dense_flops / 1e6:.2f} M FLOPs executed, "
+             + ", ".join(f"{statistics.median(row[f'dense_ms_b{b}'] for row in rows):.2f} ms at batch {b}"
+                         for b in batches) + ", timed again beside each row. "
              "\\* = the training threshold.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [f"{row['threshold']:.4g}" + (" \\*" if row["trained"] else ""), f"{row['stripes_kept']:.1f}",
