@@ -35,7 +35,8 @@ def trained(tmp_path_factory):
                        *FAST_TIMING, "--save", root / "sweep", timeout=600)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     with open(root / "sweep" / "sweep.csv") as table:
-        rows = [{k: (v == "True" if k == "trained" else float(v)) for k, v in row.items()} for row in csv.DictReader(table)]
+        rows = [{k: (v == "True" if k == "trained" else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(table)]
     return root, root / "train", rows
 
 

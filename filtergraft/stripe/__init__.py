@@ -15,7 +15,7 @@ threshold sweep and its files) and `job` (prune.py's run, from its flags).
 """
 from .conv import (MODES, STRIPE_MAX_DENSITY, STRIPE_MIN_CHANNELS, ChannelMajorMaxPool, StripeConv,
                    choose_modes, default_mode, forced_mode, stripe_convs, stripe_summary)
-from .count import count_flops, count_params, program_flops, release_counts, stripe_flops
+from .count import count_flops, count_params, module_flops, program_flops, release_counts, stripe_flops
 from .pruning import export_pruned, fold_batchnorm, prune, require_silent_removal
 from .skeleton import (FilterStripe, stripe_batchnorm, stripe_classifier, stripe_pairs, threshold_skeleton,
                        update_skeleton, vital_convs)
@@ -27,6 +27,6 @@ CHUNK_BYTES = 8 << 20
 
 __all__ = ["CHUNK_BYTES", "MODES", "STRIPE_MAX_DENSITY", "STRIPE_MIN_CHANNELS", "ChannelMajorMaxPool",
            "FilterStripe", "StripeConv", "choose_modes", "count_flops", "count_params", "default_mode",
-           "export_pruned", "fold_batchnorm", "forced_mode", "program_flops", "prune", "release_counts",
-           "require_silent_removal", "stripe_batchnorm", "stripe_classifier", "stripe_convs", "stripe_flops",
-           "stripe_pairs", "stripe_summary", "threshold_skeleton", "update_skeleton", "vital_convs"]
+           "export_pruned", "fold_batchnorm", "forced_mode", "module_flops", "program_flops", "prune",
+           "release_counts", "require_silent_removal", "stripe_batchnorm", "stripe_classifier", "stripe_convs",
+           "stripe_flops", "stripe_pairs", "stripe_summary", "threshold_skeleton", "update_skeleton", "vital_convs"]

@@ -50,20 +50,20 @@ def check_threshold(threshold, field="threshold"):
 def sweep_thresholds(model, trained=None, points=SWEEP_POINTS):
     """(thresholds, limit, layer): 0, the training threshold `trained` and the |FS| quantiles at `points`
     evenly spaced probabilities, over the values below alive_limit, sorted. Where many entries share one
-    value (those only the L1 term moved), quantiles coincide: the quantiles of the distinct values join
-    then, up to MIN_SWEEP_ROWS thresholds where there are that many distinct values."""
+    value (those only the L1 term moved) and the quantiles coincide, they are the distinct values' quantiles
+    instead; where there are fewer distinct values than MIN_SWEEP_ROWS, every one of them."""
     limit, layer = alive_limit(model)
     values = magnitudes(model).double()
     usable = values[values < limit]
     chosen = {0.0} | ({float(trained)} if trained is not None and trained < limit else set())
-    probabilities = torch.linspace(0, 1, points, dtype=torch.float64)
     if len(usable):
-        chosen |= set(torch.quantile(usable, probabilities).tolist())
-        distinct = usable.unique()
+        probabilities = torch.linspace(0, 1, points, dtype=torch.float64)
+        spread = set(torch.quantile(usable, probabilities).tolist())
+        if len(chosen | spread) < MIN_SWEEP_ROWS:
+            spread = set(torch.quantile(usable.unique(), probabilities).tolist())
+        chosen |= spread
         if len(chosen) < MIN_SWEEP_ROWS:
-            chosen |= set(torch.quantile(distinct, probabilities).tolist())
-        if len(chosen) < MIN_SWEEP_ROWS:
-            chosen |= set(distinct[:MIN_SWEEP_ROWS].tolist())
+            chosen |= set(usable.unique().tolist())
     return sorted(chosen), limit, layer
 
 
@@ -103,11 +103,11 @@ def smallest_threshold(model, target, budget, input_size):
             reached[index] = budget_reduction(model, candidates[index], input_size, budget)
         return reached[index]
 
-    if removed(len(candidates) - 1) < target:
-        last = candidates[-1]
+    most = removed(len(candidates) - 1)
+    if most < target:
         beyond = f"; above it {layer} loses its last stripe" if layer else ""
-        raise UserError(f"--target-{budget} {target:g}: no threshold reaches it; the most is {removed(len(candidates) - 1):.4f} "
-                        f"of the {budget} removed, at threshold {last:.6g}{beyond}")
+        raise UserError(f"--target-{budget} {target:g}: no threshold reaches it; the most is {most:.4f} of the "
+                        f"{budget} removed, at threshold {candidates[-1]:.6g}{beyond}")
     low, high = 0, len(candidates) - 1  # removed(high) ≥ target; find the first such index
     while low < high:
         middle = (low + high) // 2

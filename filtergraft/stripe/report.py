@@ -17,7 +17,7 @@ from ..session import PRUNE_REPORT, PRUNED_CHECKPOINT, PRUNED_PROGRAM, SINGLE_RU
 from .budget import masked_at, reduction, require_alive
 from .checkpoints import load_for_pruning, save_pruned
 from .conv import choose_modes
-from .count import count_params, program_flops, release_counts
+from .count import count_params, module_flops, release_counts
 from .pruning import export_pruned, prune
 from .skeleton import FilterStripe, stripe_pairs
 from .tuning import finetune, recalibrate_batchnorm
@@ -80,10 +80,11 @@ def pruned_network(masked, example):
 
 
 @torch.no_grad()
-def export_error(program, masked, inputs):
-    """max |program(x) − masked(x)| over the batch `inputs`, and max |masked(x)| (its scale)."""
+def export_error(exported, masked, inputs):
+    """max |exported(x) − masked(x)| over the batch `inputs`, and max |masked(x)| (its scale); `exported` is
+    the module of a torch.export program."""
     reference = masked.cpu().eval()(inputs)
-    return (program.module()(inputs) - reference).abs().max().item(), reference.abs().max().item()
+    return (exported(inputs) - reference).abs().max().item(), reference.abs().max().item()
 
 
 def accuracy(net, data, prefix):
@@ -127,10 +128,10 @@ def prune_and_report(model, threshold, data, directory, meta, log=print, tuning=
         pruned, modes = pruned_network(masked, inputs)
     acc_final = accuracy(pruned, data, "final") if tuning.bn_batches or tuning.epochs else report["acc_pruned"]
     save_pruned(directory / PRUNED_CHECKPOINT, masked, pruned, meta, acc_final, threshold)
-    program = export_pruned(pruned, directory / PRUNED_PROGRAM, inputs)
-    error, scale = export_error(program, masked, inputs)
+    exported = export_pruned(pruned, directory / PRUNED_PROGRAM, inputs).module()
+    error, scale = export_error(exported, masked, inputs)
     report.update(acc_exported=acc_final, params_stored=count_params(pruned),
-                  flops_executed=program_flops(program, input_size), export_max_error=error, output_scale=scale,
+                  flops_executed=module_flops(exported, input_size), export_max_error=error, output_scale=scale,
                   input_size=list(input_size), counting=COUNTING, stripe_layers=modes["stripe"],
                   dense_layers=modes["dense"], layers=modes["layers"])
     report["params_reduction"] = 100 * reduction(report["params"], report["params_pruned"])

@@ -15,7 +15,7 @@ from torch.utils.benchmark import Timer
 from ..session import SWEEP_CSV, SWEEP_PLOT, SWEEP_TABLE
 from .budget import magnitudes, masked_at, reduction, sweep_thresholds
 from .conv import stripe_convs
-from .count import program_flops, release_counts
+from .count import module_flops, release_counts
 from .pruning import export_pruned
 from .report import accuracy, example_batch, export_error, pruned_network
 from .tuning import recalibrate_batchnorm
@@ -59,8 +59,8 @@ def dense_reference(model, inputs):
     pruned, _ = pruned_network(masked_at(model, 0.0), inputs)
     for _, conv in stripe_convs(pruned):
         conv.mode = "dense"
-    program = export_pruned(pruned, None, inputs)
-    return {"flops_executed": program_flops(program, tuple(inputs.shape[1:])), "module": program.module()}
+    exported = export_pruned(pruned, None, inputs).module()
+    return {"flops_executed": module_flops(exported, tuple(inputs.shape[1:])), "module": exported}
 
 
 def sweep_row(model, threshold, data, bn_batches, dense, batches, min_run_time):
@@ -70,12 +70,13 @@ def sweep_row(model, threshold, data, bn_batches, dense, batches, min_run_time):
     masked = masked_at(model, threshold)
     pruned, _ = pruned_network(masked, inputs)
     counts = release_counts(masked, input_size, pruned)
-    program = export_pruned(pruned, None, inputs)
-    error, _ = export_error(program, masked, inputs)
-    executed = program_flops(program, input_size)
+    exported = export_pruned(pruned, None, inputs).module()
+    error, _ = export_error(exported, masked, inputs)
+    executed = module_flops(exported, input_size)
     row = {"threshold": threshold, "params_pruned": counts["params_pruned"],
            "params_reduction": 100 * reduction(counts["params"], counts["params_pruned"]),
-           "flops_pruned": counts["flops_pruned"], "flops_reduction": 100 * reduction(counts["flops"], counts["flops_pruned"]),
+           "flops_pruned": counts["flops_pruned"],
+           "flops_reduction": 100 * reduction(counts["flops"], counts["flops_pruned"]),
            "flops_executed": executed, "executed_reduction": 100 * reduction(dense["flops_executed"], executed),
            "acc": accuracy(pruned, data, "pruned"), "export_max_error": error}
     if bn_batches:
@@ -83,7 +84,7 @@ def sweep_row(model, threshold, data, bn_batches, dense, batches, min_run_time):
         row["acc_recalibrated"] = accuracy(masked, data, "recalibrated")
     for b in batches:
         dense_seconds = latency(dense["module"], b, input_size, min_run_time)
-        seconds = latency(program.module(), b, input_size, min_run_time)
+        seconds = latency(exported, b, input_size, min_run_time)
         row.update({f"latency_ms_b{b}": 1e3 * seconds, f"dense_ms_b{b}": 1e3 * dense_seconds,
                     f"speedup_b{b}": dense_seconds / seconds})
     return row
@@ -106,8 +107,9 @@ def run_sweep(model, trained, data, directory, log=print, bn_batches=0, batches=
                "trained": trained is not None and threshold == trained,
                "stripes_kept": 100 * (fs > threshold).double().mean().item()}
         recal = f", recalibrated {row['acc_recalibrated']:.2f}%" if bn_batches else ""
+        speedups = ", ".join(f"×{row[f'speedup_b{b}']:.2f} at batch {b}" for b in batches)
         log(f"threshold {threshold:.6g}: FLOPs -{row['flops_reduction']:.2f}%, params -{row['params_reduction']:.2f}%, "
-            f"acc {row['acc']:.2f}%{recal}, " + ", ".join(f"×{row[f'speedup_b{b}']:.2f} at batch {b}" for b in batches))
+            f"acc {row['acc']:.2f}%{recal}, {speedups}")
         rows.append(row)
     directory = Path(directory)
     write_csv(rows, directory / SWEEP_CSV)
