@@ -65,8 +65,11 @@ def run_prune(args):
     data = PruneData(test_loader, device, train_loader, generator)
     threshold, target = _chosen_threshold(args, model, trained, example_batch(test_loader)[1])
     directory = Path(args.save)
-    directory.mkdir(parents=True, exist_ok=True)
-    logger = run_logger(directory / PRUNE_LOG)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        logger = run_logger(directory / PRUNE_LOG)
+    except OSError as err:
+        raise UserError(f"--save {directory}: cannot write there ({err.strerror}); choose another directory") from None
     try:
         log = logger.info
         log(f"{meta['arch']} ({meta['num_classes']} classes) from {args.checkpoint}, trained at threshold "

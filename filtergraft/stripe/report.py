@@ -50,6 +50,11 @@ class Tuning:
     weight_decay: float = 1e-4
     cosine: bool = False
 
+    @property
+    def changes_weights(self):
+        """Whether the exported network differs from the one pruned as trained."""
+        return bool(self.bn_batches or self.epochs)
+
 
 def freeze_conv_weights(model):
     """Shape-only training: no gradient for the FilterStripe weights, only for their skeletons."""
@@ -124,9 +129,10 @@ def prune_and_report(model, threshold, data, directory, meta, log=print, tuning=
     report.update(release_counts(masked, input_size, pruned), acc_pruned=accuracy(pruned, data, "pruned"),
                   **(notes or {}))
     _tune(masked, threshold, data, tuning, log, report)
-    if tuning.bn_batches or tuning.epochs:
+    acc_final = report["acc_pruned"]
+    if tuning.changes_weights:
         pruned, modes = pruned_network(masked, inputs)
-    acc_final = accuracy(pruned, data, "final") if tuning.bn_batches or tuning.epochs else report["acc_pruned"]
+        acc_final = accuracy(pruned, data, "final")
     save_pruned(directory / PRUNED_CHECKPOINT, masked, pruned, meta, acc_final, threshold)
     exported = export_pruned(pruned, directory / PRUNED_PROGRAM, inputs).module()
     error, scale = export_error(exported, masked, inputs)
@@ -142,7 +148,7 @@ def prune_and_report(model, threshold, data, directory, meta, log=print, tuning=
         f"(-{report['flops_reduction']:.2f}%)")
     log(f"as pruned.pt2 runs: {report['flops_executed']:,} FLOPs executed, {report['params_stored']:,} "
         f"parameters stored; {modes['stripe']} layers stripe-wise, {modes['dense']} dense")
-    tuned = f", {acc_final:.2f}% after {_tuning_words(tuning)}" if tuning.bn_batches or tuning.epochs else ""
+    tuned = f", {acc_final:.2f}% after {_tuning_words(tuning)}" if tuning.changes_weights else ""
     log(f"accuracy {report['acc']:.2f}% masked, {report['acc_pruned']:.2f}% pruned{tuned}; files in {directory}")
     return report
 
