@@ -1,16 +1,22 @@
 """stripe_pruning/prune.py end to end on a short digits training: the threshold sweep, a FLOPs budget with
 recalibration and finetuning, exact exports (main.py's, prune.py's, each row of the sweep's), the release's
-state dicts, weights-only pruned files rebuilt, refused inputs."""
+state dicts, weights-only pruned files rebuilt, refused inputs; and, in this process, the recalibrated
+BatchNorm statistics and the budget bisection against direct computations."""
 import csv
 import json
 
 import pytest
 import torch
+import torch.nn as nn
 
 from filtergraft.data import cifar_like_datasets
 from filtergraft.models import create_model
+from filtergraft.models.stripe_resnet import StripeResNet56
 from filtergraft.stripe import threshold_skeleton
+from filtergraft.stripe.budget import (MIN_SWEEP_ROWS, budget_reduction, magnitudes, smallest_threshold,
+                                       sweep_thresholds)
 from filtergraft.stripe.checkpoints import load_for_pruning, load_pruned
+from filtergraft.stripe.tuning import recalibrate_batchnorm
 from helpers import one_error_line, run_script
 from test_stripe_release import release_state
 
@@ -159,3 +165,33 @@ def test_mistakes_are_one_line_and_exit_2_before_any_file(trained):
         assert not save.exists(), flags
         if "the most is" in message:  # the most any threshold reaches: the sweep's last row
             assert f"the most is {rows[-1]['flops_reduction'] / 100:.4f}" in result.stderr
+
+
+def test_recalibrated_statistics_are_the_mean_of_the_batch_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    batches = [(torch.randn(5, 3, 8, 8) * (i + 1) + i, None) for i in range(3)]
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    assert recalibrate_batchnorm(model, batches, 2, torch.device("cpu")) == 2
+    with torch.no_grad():
+        outputs = [model[0](x) for x, _ in batches[:2]]
+    bn = model[1]
+    assert torch.allclose(bn.running_mean, torch.stack([y.mean((0, 2, 3)) for y in outputs]).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack([y.var((0, 2, 3)) for y in outputs]).mean(0), atol=1e-5)
+    assert bn.momentum == 0.1 and not model.training
+    assert all(torch.equal(v, dict(model.named_parameters())[k]) for k, v in weights.items())
+
+
+def test_budget_threshold_is_the_smallest_distinct_value_that_reaches_it():
+    model = StripeResNet56()
+    model.load_state_dict(release_state("resnet56", seed=6))
+    start = budget_reduction(model, 0.0, (3, 32, 32), "params")
+    target = (start + 1) / 2
+    threshold, reached = smallest_threshold(model, target, "params", (3, 32, 32))
+    assert reached >= target and reached == budget_reduction(model, threshold, (3, 32, 32), "params")
+    below = magnitudes(model)
+    below = below[below < threshold].max().item()
+    assert budget_reduction(model, below, (3, 32, 32), "params") < target
+    thresholds, limit, layer = sweep_thresholds(model, trained=0.7)
+    assert len(thresholds) >= MIN_SWEEP_ROWS and {0.0, 0.7} <= set(thresholds) and max(thresholds) < limit
+    assert layer == "conv1" and limit == model.conv1.FilterSkeleton.abs().max().item()
