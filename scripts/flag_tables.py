@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 SCRIPTS = ("grafting_cifar/grafting.py", "grafting_imagenet/grafting.py", "grafting_plus/grafting+.py",
-           "stripe_pruning/main.py")
+           "stripe_pruning/main.py", "stripe_pruning/prune.py")
 BEGIN = "<!-- flag table of {script}: made by scripts/flag_tables.py --write, do not edit by hand -->"
 END = "<!-- end of the flag table of {script} -->"
 

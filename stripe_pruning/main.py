@@ -9,20 +9,24 @@ stripe-wise network, and writes into --save: metrics.jsonl, best.pth.tar, pruned
 pruned.pt2 (torch.export, dynamic batch size: torch.export.load(path).module()(x), no project code needed).
 --evaluate CHECKPOINT skips training: this project's best.pth.tar or a state dict saved by the release is
 loaded, evaluated, pruned at --threshold (as it stands without one) and written the same way.
+stripe_pruning/prune.py prunes a trained checkpoint further: other thresholds, a FLOPs or parameter budget,
+a sweep, BatchNorm recalibration and finetuning.
 """
 import functools
 
 from filtergraft import cli
 from filtergraft.assembly import build_trainer
 from filtergraft.checkpoint import load_checkpoint, state_dict_of
-from filtergraft.data import DATASETS, cifar_like_datasets, image_folder_datasets
+from filtergraft.data import DATASETS
 from filtergraft.errors import FlagError, UserError, exit_on_user_error
 from filtergraft.models import create_model, model_names
 from filtergraft.record import RunRecord
 from filtergraft.runner import running_network
 from filtergraft.session import SINGLE_RUN_FILES
 from filtergraft.stripe import update_skeleton
-from filtergraft.stripe.report import freeze_conv_weights, kept_stripes, prune_and_report, prune_checkpoint
+from filtergraft.stripe.job import stripe_datasets
+from filtergraft.stripe.report import PruneData, freeze_conv_weights, kept_stripes, prune_and_report, prune_checkpoint
+from filtergraft.stripe.tuning import release_milestones
 
 # The release's training defaults.
 TRAINING = {"batch_size": 64, "momentum": 0.9, "weight_decay": 1e-4, "workers": 2, "print_freq": 100}
@@ -80,25 +84,15 @@ def stripe_record(args):
     if record.evaluate is not None:
         record.epochs = None  # nothing is trained
     else:
-        record.milestones = [m for m in (record.epochs // 2, record.epochs * 3 // 4) if m > 0]
+        record.milestones = release_milestones(record.epochs)
     return record
-
-
-def datasets_for(record):
-    if record.dataset == "imagefolder":
-        train_set, test_set = image_folder_datasets(record.data, record.crop_size, record.resize_size)
-        if len(train_set.classes) != record.num_classes:
-            raise FlagError("num_classes", f"{record.data} has {len(train_set.classes)} classes; pass {{flag}} "
-                                           f"{len(train_set.classes)}")
-        return train_set, test_set
-    return cifar_like_datasets(record.dataset, record.data, record.num_classes)
 
 
 def run(args):
     record = stripe_record(args)
     with running_network(record, SINGLE_RUN_FILES):
         if record.evaluate is not None:
-            return prune_checkpoint(record, lambda: datasets_for(record))
+            return prune_checkpoint(record, lambda: stripe_datasets(record))
         return train_and_prune(record)
 
 
@@ -112,13 +106,16 @@ def train_and_prune(record):
     after_backward = None if record.sr is None else functools.partial(
         update_skeleton, sr=record.sr, threshold=record.threshold)
     method = "baseline" if record.sr is None else f"sr {record.sr:g}, threshold {record.threshold:g}"
-    trainer = build_trainer(record, datasets=lambda: datasets_for(record), build_model=build_model,
+    trainer = build_trainer(record, datasets=lambda: stripe_datasets(record), build_model=build_model,
                             files=SINGLE_RUN_FILES, seed=record.seed, after_backward=after_backward,
                             describe=method + (", conv weights frozen" if record.freeze_weights else ""))
     session = trainer.session
+    # Recorded in best.pth.tar, so that prune.py knows the threshold the skeleton was trained at.
+    trainer.meta.update(sr=record.sr, threshold=record.threshold)
     trainer.fit(functools.partial(kept_stripes, trainer.model, record.threshold))
     trainer.model.load_state_dict(state_dict_of(load_checkpoint(session.best_path, "best checkpoint")))
-    prune_and_report(trainer.model, record.threshold, trainer.test_loader, trainer.device, session.root,
+    # The same pruning as stripe_pruning/prune.py --threshold.
+    prune_and_report(trainer.model, record.threshold, PruneData(trainer.test_loader, trainer.device), session.root,
                      trainer.meta, session.log)
     session.close()
 

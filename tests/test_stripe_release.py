@@ -15,7 +15,7 @@ from filtergraft.models.stripe_vgg import StripeVGG
 from filtergraft.stripe import (FilterStripe, count_flops, count_params, program_flops, prune, release_counts,
                                 threshold_skeleton, update_skeleton)
 from filtergraft.stripe.checkpoints import load_for_pruning
-from filtergraft.stripe.report import prune_and_report
+from filtergraft.stripe.report import PruneData, prune_and_report
 from helpers import one_error_line, run_script
 
 # Every key, shape and dtype of the release's checkpoints, as ../shared/release lists them.
@@ -149,8 +149,10 @@ def test_release_state_dict_loads_prunes_exactly_and_exports(tmp_path, name, arc
                        state["fc.weight" if name == "resnet56" else "classifier.weight"])
     gen = torch.Generator().manual_seed(2)
     loader = [(torch.randn(4, *INPUT, generator=gen), torch.randint(0, 10, (4,), generator=gen))]
-    report = prune_and_report(model, 0.0, loader, torch.device("cpu"), tmp_path, {"arch": arch}, log=lambda _: None)
-    pruned = prune(model)  # the masked network after prune_and_report's thresholding, pruned again
+    report = prune_and_report(model, 0.0, PruneData(loader, torch.device("cpu")), tmp_path,
+                              {"arch": arch, "num_classes": 10}, log=lambda _: None)
+    threshold_skeleton(model, 0.0)  # the masked network prune_and_report pruned (a copy: `model` is left as it was)
+    pruned = prune(model)
     x = loader[0][0]
     with torch.no_grad():
         ref = model.eval()(x)
@@ -168,7 +170,7 @@ def test_release_state_dict_loads_prunes_exactly_and_exports(tmp_path, name, arc
 def test_foreign_state_dicts_are_refused(tmp_path):
     path = tmp_path / "cifar.pth"
     torch.save({"net": create_model("resnet56").state_dict(), "arch": "resnet56"}, path)
-    with pytest.raises(UserError, match=r"no StripeResNet56 state dict .*\(written for arch resnet56\)"):
+    with pytest.raises(UserError, match=r"holds no Filter Skeleton \(written for arch resnet56\)"):
         load_for_pruning(StripeResNet56(), path, "checkpoint")
     wrong_classes = {k: v for k, v in release_state("resnet56", 0).items()}
     wrong_classes["fc.weight"], wrong_classes["fc.bias"] = torch.zeros(100, 64), torch.zeros(100)
@@ -194,5 +196,5 @@ def test_the_script_evaluates_a_release_checkpoint_and_refuses_a_foreign_one(tmp
     torch.save(create_model("vgg16").state_dict(), foreign)
     refused = run_script("stripe_pruning/main.py", "--arch", "ResNet56", "--dataset", "fake", "--evaluate", foreign,
                          "--save", tmp_path / "refused")
-    assert "no StripeResNet56 state dict in this project's naming nor the release's" in one_error_line(refused)
+    assert "holds no Filter Skeleton: it is no stripe network" in one_error_line(refused)
     assert not (tmp_path / "refused").exists()

@@ -81,6 +81,10 @@ class _StripeResNet(nn.Module):
         """(FilterStripe, BatchNorm zeroed with it or None) of every block, in forward order."""
         return [p for block in self.blocks() for p in block.stripe_pairs()]
 
+    def vital_convs(self):
+        """None in the blocks: a block whose conv loses every stripe becomes its shortcut."""
+        return []
+
 
 class StripeResNet56(_StripeResNet):
     """The release's CIFAR ResNet-56: FilterStripe 3×3 stem, 3 stages of 9 blocks (16/32/64 channels),
@@ -102,6 +106,10 @@ class StripeResNet56(_StripeResNet):
     def stripe_pairs(self):
         """The stem (its bn1 never zeroed, as the release), then every block's pairs."""
         return [(self.conv1, None)] + super().stripe_pairs()
+
+    def vital_convs(self):
+        """The stem: every block reads its output."""
+        return [self.conv1]
 
 
 class StripeResNet18(_StripeResNet):

@@ -10,15 +10,22 @@ back (StoredSession), for the summaries, the plots and the launch scripts.
     <dir>/exchange/net<i>.alive|.done|.failed   its heartbeat and end markers
     <dir>/train.log  metrics.jsonl  best.pth.tar  last.pth.tar      a single run (stripe pruning)
     <dir>/prune.json  pruned.pth.tar  pruned.pt2                    what stripe pruning leaves
+    <dir>/prune.log  sweep.csv  sweep.md  sweep.png                 stripe_pruning/prune.py's log and sweep
     <dir>/plots/                        figures made by scripts/summarize.py
     <dir>/tb/<i>/                       network i's TensorBoard event files (a single run's: tb/1/)
 
 Reading needs no torch (the launch scripts' checks start fast): the writer imports checkpoint.py when saving.
 """
+<<<<<<< HEAD
 from .names import (CONFIG_FILE, EXCHANGE_DIR, MARKERS, PLOTS_DIR, PRUNE_REPORT, PRUNED_CHECKPOINT, PRUNED_PROGRAM,
                     SINGLE_RUN_FILES, TENSORBOARD_DIR, SessionFiles, console_file, exchange_dir, exchange_marker,
                     exchange_weights, network_files, tensorboard_dir)
 from .claim import AlreadyRunning, claim_run, release_run, stale_temporaries
+=======
+from .names import (CONFIG_FILE, EXCHANGE_DIR, MARKERS, PLOTS_DIR, PRUNE_LOG, PRUNE_REPORT, PRUNED_CHECKPOINT,
+                    PRUNED_PROGRAM, SINGLE_RUN_FILES, SWEEP_CSV, SWEEP_PLOT, SWEEP_TABLE, TENSORBOARD_DIR, SessionFiles,
+                    console_file, exchange_dir, exchange_marker, exchange_weights, network_files, tensorboard_dir)
+>>>>>>> prune-budget
 from .reader import (NOT_SESSIONS, SEARCH_DEPTH, NotASession, StoredNetwork, StoredSession, find_sessions,
                      is_session, network_indices, read_failure, read_jsonl, read_network, read_object, read_record,
                      read_session)

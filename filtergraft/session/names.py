@@ -9,6 +9,10 @@ TENSORBOARD_DIR = "tb"
 PRUNE_REPORT = "prune.json"
 PRUNED_CHECKPOINT = "pruned.pth.tar"
 PRUNED_PROGRAM = "pruned.pt2"
+PRUNE_LOG = "prune.log"
+SWEEP_CSV = "sweep.csv"
+SWEEP_TABLE = "sweep.md"
+SWEEP_PLOT = "sweep.png"
 MARKERS = ("alive", "done", "failed")
 
 

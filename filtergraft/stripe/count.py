@@ -64,7 +64,12 @@ def count_flops(model, input_size):
 
 def program_flops(program, input_size):
     """FLOPs (FlopCounterMode) that a torch.export program executes on a batch of one input_size."""
-    module = program.module()
+    return module_flops(program.module(), input_size)
+
+
+def module_flops(module, input_size):
+    """FLOPs (FlopCounterMode) of module(x) as it is, for a batch of one input_size: for a torch.export
+    program's module(), which each call of program.module() makes anew (and slowly)."""
     return _counted(module, _example(module, input_size))
 
 

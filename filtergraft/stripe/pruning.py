@@ -35,7 +35,7 @@ def require_silent_removal(bias, alive, name):
 
 
 def export_pruned(pruned, path, example_input):
-    """torch.export the pruned network with a dynamic batch dimension and save it to `path`."""
+    """torch.export the pruned network with a dynamic batch dimension, saved to `path` (None: not saved)."""
     pruned.eval()
     # A batch of 1 would be specialised to the constant 1, so trace with at least two samples.
     if example_input.shape[0] < 2:
@@ -43,5 +43,6 @@ def export_pruned(pruned, path, example_input):
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():
         program = torch.export.export(pruned, (example_input,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, path)
+    if path is not None:
+        torch.export.save(program, path)
     return program

@@ -70,6 +70,15 @@ def stripe_pairs(model):
     return model.stripe_pairs()
 
 
+def vital_convs(model):
+    """The prunable FilterStripe convs that must keep a stripe: pruning all of one leaves no network (a VGG
+    layer without filters cuts the path), unlike a ResNet block's, which its shortcut replaces. A model
+    lists them with a vital_convs() method; without one, every prunable conv is vital."""
+    if hasattr(model, "vital_convs"):
+        return model.vital_convs()
+    return [conv for conv, _ in stripe_pairs(model)]
+
+
 @torch.no_grad()
 def update_skeleton(model, sr, threshold):
     """Sparsity step between backward and optimizer.step: FS.grad += sr·sign(FS), then threshold_skeleton."""
