@@ -16,16 +16,10 @@ back (StoredSession), for the summaries, the plots and the launch scripts.
 
 Reading needs no torch (the launch scripts' checks start fast): the writer imports checkpoint.py when saving.
 """
-<<<<<<< HEAD
-from .names import (CONFIG_FILE, EXCHANGE_DIR, MARKERS, PLOTS_DIR, PRUNE_REPORT, PRUNED_CHECKPOINT, PRUNED_PROGRAM,
-                    SINGLE_RUN_FILES, TENSORBOARD_DIR, SessionFiles, console_file, exchange_dir, exchange_marker,
-                    exchange_weights, network_files, tensorboard_dir)
 from .claim import AlreadyRunning, claim_run, release_run, stale_temporaries
-=======
 from .names import (CONFIG_FILE, EXCHANGE_DIR, MARKERS, PLOTS_DIR, PRUNE_LOG, PRUNE_REPORT, PRUNED_CHECKPOINT,
                     PRUNED_PROGRAM, SINGLE_RUN_FILES, SWEEP_CSV, SWEEP_PLOT, SWEEP_TABLE, TENSORBOARD_DIR, SessionFiles,
                     console_file, exchange_dir, exchange_marker, exchange_weights, network_files, tensorboard_dir)
->>>>>>> prune-budget
 from .reader import (NOT_SESSIONS, SEARCH_DEPTH, NotASession, StoredNetwork, StoredSession, find_sessions,
                      is_session, network_indices, read_failure, read_jsonl, read_network, read_object, read_record,
                      read_session)
