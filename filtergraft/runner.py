@@ -16,7 +16,8 @@ LEVELS = ("layer", "filter")
 class GraftHook:
     """The end-of-epoch graft of network `record` (a record.RunRecord, SPEC §3): publish, receive the
     predecessor's weights through `exchange`, graft; or a scion of its own (record.source). With
-    `evaluate` (--eval-grafted), the grafted network is evaluated too (test_acc_grafted)."""
+    `evaluate` (--eval-grafted), the grafted network is evaluated too (test_acc_grafted). A pack calls
+    `publish` for all its members before any `complete`s, since each member receives from another."""
 
     def __init__(self, model, record, exchange=None, evaluate=None):
         self.model = model
@@ -24,9 +25,25 @@ class GraftHook:
         self.exchange = exchange
         self.evaluate = evaluate
         self.grafter = Grafter.for_record(model, record)
+        self._published = (None, 0.0)  # (the pre-graft state dict offered, seconds publishing took)
 
     def __call__(self, epoch):
+        self.publish(epoch)
+        return self.complete(epoch)
+
+    def publish(self, epoch):
+        """Offer this network's pre-graft weights of `epoch` to its successor (an external scion only)."""
         start = time.perf_counter()
+        own = None
+        if self.record.source not in ("noise", "internal"):
+            own = self.model.state_dict()
+            self.exchange.publish(epoch, own)
+        self._published = (own, time.perf_counter() - start)
+
+    def complete(self, epoch):
+        """Graft (after `publish`) and return the metrics of it; its time includes the publishing."""
+        start = time.perf_counter()
+        own, publishing = self._published
         r = self.record
         if r.source == "noise":
             entry = {"source": "noise", "layers": graft_noise(self.model, r.noise_decay ** epoch, r.invalid_threshold)}
@@ -34,14 +51,11 @@ class GraftHook:
             entry = {"source": "internal", "layers": graft_internal(self.model, r.invalid_threshold, r.a, r.c,
                                                                         r.entropy_bins)}
         else:
-            own = self.model.state_dict()
-            self.exchange.publish(epoch, own)
-            receiving = time.perf_counter()
             peer = self.exchange.receive(epoch, own)
-            waited = time.perf_counter() - receiving
+            waited = time.perf_counter() - start
             entry = {"peer": self.exchange.peer, "level": r.level, "layers": self.grafter.graft(peer)}
             entry["wait_time"] = waited
-        entry["time"] = time.perf_counter() - start
+        entry["time"] = publishing + time.perf_counter() - start
         if self.evaluate is None:
             return {"graft": entry}
         grafted = self.evaluate()
@@ -75,6 +89,22 @@ def failures_announced(record):
         raise
 
 
+def graft_line(record, peer, grafter):
+    """The log line saying where network record.index takes its scion (network `peer`) and how it grafts."""
+    information = f"entropy, {record.entropy_bins} bins" if record.criterion == "entropy" else record.criterion
+    return (f"network {record.index}/{record.num} grafts from network {peer} ({record.level} level, {information}, "
+            f"A={record.a}, c={record.c}); {grafter.describe()}")
+
+
+def log_failure(session, err):
+    """Log why a run stops in its session's file (with the traceback of an unexpected error); the reason."""
+    reason = _reason(err)
+    session.log(f"error: {reason}", console=False)
+    if not isinstance(err, (UserError, KeyboardInterrupt, SystemExit)):
+        session.log(traceback.format_exc(), console=False)
+    return reason
+
+
 def run_network(trainer, record):
     """Train `trainer`'s network (assembled, and resumed, by assembly.build_trainer) as network
     record.index of the session, grafting every epoch when the session has peers or a scion source; any
@@ -89,17 +119,12 @@ def run_network(trainer, record):
             hook = GraftHook(trainer.model, record, exchange, trainer.evaluate if record.eval_grafted else None)
         if exchange is not None:
             trainer.check_abort = exchange.check
-            information = f"entropy, {record.entropy_bins} bins" if record.criterion == "entropy" else record.criterion
-            session.log(f"network {record.index}/{record.num} grafts from network {exchange.peer} "
-                        f"({record.level} level, {information}, A={record.a}, c={record.c}); "
-                        f"{hook.grafter.describe()}")
+            session.log(graft_line(record, exchange.peer, hook.grafter))
         trainer.fit(hook)
     except BaseException as err:
-        session.log(f"error: {_reason(err)}", console=False)
-        if not isinstance(err, (UserError, KeyboardInterrupt, SystemExit)):
-            session.log(traceback.format_exc(), console=False)
+        reason = log_failure(session, err)
         if exchange is not None:
-            exchange.close(error=_reason(err))
+            exchange.close(error=reason)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
