@@ -208,7 +208,8 @@ def fit_pack(members, offered):
         for record, result in zip(records, _train_together(members, epoch)):
             record.update(result)
         for m, record in zip(members, records):
-            m.trainer.evaluate_epoch(record)
+            with m.running():  # a test DataLoader draws its base seed from the global generator
+                m.trainer.evaluate_epoch(record)
         if members[0].hook is not None:
             for record, result in zip(records, _graft(members, epoch)):
                 record.update(result)
@@ -219,7 +220,8 @@ def fit_pack(members, offered):
             m.trainer.end_epoch(record, seconds)
         commit_last(members[0].record.session_dir, members, records)
         for m, record in zip(members, records):
-            m.trainer.record_epoch(record)
+            with m.running():
+                m.trainer.record_epoch(record)
 
 
 def _connect(members, record):
@@ -279,6 +281,7 @@ def run_pack(record, build):
             recover_commit(record, record.pack)
         for member_record in records:
             members.append(Member(member_record, build(member_record)))
+            members[-1].session.label_console(f"[{member_record.index}] ")
             # a failure of an earlier run of this member is no longer news (RingExchange.start does the same)
             exchange_marker(exchange_dir(record.session_dir), member_record.index, "failed").unlink(missing_ok=True)
         outers, offered = _connect(members, record)
