@@ -14,6 +14,9 @@
 # (--exchange dist), network i being torchrun rank i - 1; same GPUs, same <i>.out and <i>.log, same exit
 # report (for this machine's networks), and torchrun's own output in SESSION_DIR/torchrun_node<NODE_RANK>.out.
 # A single network has nothing to exchange and starts as with EXCHANGE=file.
+#
+# PACK=1 (launch_session, launch_packs below) starts one process per GPU instead, each training a
+# contiguous pack of the networks (--pack --members FIRST-LAST).
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${PYTHON:-}" ]; then
@@ -156,5 +159,59 @@ launch_torchrun() {
     done
     [ "$status" -eq 0 ] || echo "torchrun: exit $status (see $dir/torchrun_node$node.out)"
     rm -rf "$status_dir"
+    return $status
+}
+
+# launch_session SCRIPT NUM SESSION_DIR [FLAGS...]: launch_packs when PACK=1, else launch_ring.
+launch_session() {
+    if [ "${PACK:-0}" = 1 ]; then launch_packs "$@"; else launch_ring "$@"; fi
+}
+
+# launch_packs SCRIPT NUM SESSION_DIR [FLAGS...] (PACK=1): the NUM networks in one process per device,
+# `python SCRIPT --num NUM --pack --members FIRST-LAST --s SESSION_DIR FLAGS...`: the GPUs of list_gpus
+# split the ring into that many contiguous packs (sizes differing by at most one; one pack, on the CPU
+# with all its cores, when there is no GPU), whose boundary networks exchange through the session's files.
+# Each pack's console goes to SESSION_DIR/pack_<FIRST>-<LAST>.out (every network's log is still
+# SESSION_DIR/<i>.log). Waits for all, reports every exit status, returns non-zero when any pack failed.
+launch_packs() {
+    local script=$1 num=$2 dir=$3
+    shift 3
+    if [ "${EXCHANGE:-file}" != file ]; then
+        echo "error: PACK=1 starts its packs with EXCHANGE=file; for torch.distributed start them with" \
+             "torchrun --nproc_per_node=PACKS -- $script --pack --exchange dist --num $num ..." >&2
+        return 2
+    fi
+    mkdir -p "$dir" || return 1
+    local gpus=() packs p size larger first last gpu out pids=() outs=() names=()
+    IFS=, read -r -a gpus <<< "$(list_gpus)"
+    packs=${#gpus[@]}
+    [ "$packs" -ge 1 ] || packs=1
+    [ "$packs" -le "$num" ] || packs=$num
+    size=$((num / packs)) larger=$((num % packs))
+    for p in $(seq 0 $((packs - 1))); do
+        first=$((p * size + (p < larger ? p : larger) + 1))
+        last=$((first + size - 1 + (p < larger ? 1 : 0)))
+        out=$("$PYTHON" -m filtergraft.results.launcher pack-console "$dir" "$first" "$last") || return 1
+        gpu=${gpus[$p]:-}
+        if [ -n "$gpu" ]; then
+            echo "networks $first..$last on GPU $gpu: logs in $dir/<i>.log, console $out"
+            CUDA_VISIBLE_DEVICES=$gpu "$PYTHON" "$script" --num "$num" --pack --members "$first-$last" --s "$dir" \
+                "$@" >"$out" 2>&1 &
+        else
+            echo "networks $first..$last on CPU ($(nproc) threads): logs in $dir/<i>.log, console $out"
+            CUDA_VISIBLE_DEVICES= "$PYTHON" "$script" --num "$num" --pack --members "$first-$last" --s "$dir" \
+                "$@" >"$out" 2>&1 &
+        fi
+        pids+=($!)
+        outs+=("$out")
+        names+=("$first..$last")
+    done
+    local status=0 rc
+    for p in $(seq 0 $((packs - 1))); do
+        wait "${pids[$p]}"
+        rc=$?
+        report_exit "${names[$p]}" "$rc" "${outs[$p]}"
+        [ "$rc" -eq 0 ] || status=1
+    done
     return $status
 }

@@ -54,9 +54,13 @@ def sessions(tmp_path_factory):
         runs[f"two_processes_{i}"] = ("--num", 2, "--i", i, "--s", made["two_processes"])
     for i in (1, 2, 3):
         runs[f"three_processes_{i}"] = ("--num", 3, "--i", i, "--s", made["three_processes"], *THREE)
-    for members in ("1-2", "3-4"):
-        runs[f"two_packs_{members}"] = ("--num", 4, "--pack", "--members", members, "--s", made["two_packs"], *FAKE)
+    # two packs through the launcher: GPUS=0,1 on a machine without CUDA puts both on the CPU
+    env = script_env(PACK=1, GPUS="0,1", NUM=4, S=made["two_packs"])
+    launcher = subprocess.Popen(["bash", str(REPO / "grafting_cifar/grafting.sh"), *DIGITS, *FAKE], env=env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_together(root, runs)
+    made["launcher_output"] = launcher.communicate(timeout=900)[0]
+    assert launcher.returncode == 0, made["launcher_output"]
     return made
 
 
@@ -117,6 +121,11 @@ def test_difflr_gives_each_member_its_rate(sessions):
 
 
 def test_two_packs_make_one_ring_of_four(sessions):
+    for members in ("1..2", "3..4"):
+        assert f"networks {members} on GPU" in sessions["launcher_output"]
+        assert f"network {members}: exit 0" in sessions["launcher_output"]
+    assert (sessions["two_packs"] / "pack_3-4.out").exists()
+    assert json.loads((sessions["two_packs"] / "session.json").read_text())["pack"] in ([1, 2], [3, 4])
     assert_same_networks(sessions["two_packs"], sessions["four_packed"], 4)
     left = sorted(p.name for p in (sessions["two_packs"] / "exchange").glob("*.t7"))
     assert left == [f"net{i}_epoch2.t7" for i in (1, 2, 3, 4)]
