@@ -91,8 +91,9 @@ class Member:
 
 
 class MemberExchange:
-    """A member's exchange, with RingExchange's publish / receive / peer: pre-graft weights of a peer in the
-    pack come from `offered` (a dict shared by the pack: index -> state dict), the others through `outer`."""
+    """A member's exchange, with RingExchange's publish / receive / peer: every member's pre-graft weights go
+    into `offered` (a dict shared by the pack: index -> state dict), where a successor in the pack takes
+    them; to and from networks outside the pack they go through `outer`."""
 
     def __init__(self, index, num, offered, inside, outer=None):
         self.index = index
@@ -103,10 +104,9 @@ class MemberExchange:
         self.outer = outer
 
     def publish(self, epoch, state_dict):
-        if self.successor in self.inside:
-            # a copy: the member grafts its own weights in place before the successor reads them
-            self.offered[self.index] = {k: v.detach().clone() for k, v in state_dict.items()}
-        else:
+        # a copy: the member grafts its own weights in place before the successor reads them
+        self.offered[self.index] = {k: v.detach().clone() for k, v in state_dict.items()}
+        if self.successor not in self.inside:
             self.outer.publish(epoch, state_dict)
 
     def receive(self, epoch, reference):
@@ -187,12 +187,13 @@ def _graft(members, epoch):
 
 
 def _write_final_exchange(members, offered, epoch):
-    """The final epoch's exchange files of the members that published in memory (SPEC §7)."""
-    exchange_dir(members[0].record.session_dir).mkdir(exist_ok=True)
+    """The final epoch's exchange files (SPEC §7) that the ring's files did not already leave."""
+    directory = exchange_dir(members[0].record.session_dir)
+    directory.mkdir(exist_ok=True)
     for m in members:
-        if m.record.index in offered:
-            atomic_save({"net": offered[m.record.index], "epoch": epoch, "arch": m.record.arch},
-                        exchange_weights(exchange_dir(m.record.session_dir), m.record.index, epoch))
+        path = exchange_weights(directory, m.record.index, epoch)
+        if not path.exists():
+            atomic_save({"net": offered[m.record.index], "epoch": epoch, "arch": m.record.arch}, path)
 
 
 def fit_pack(members, offered):

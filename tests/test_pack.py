@@ -56,9 +56,16 @@ def sessions(tmp_path_factory):
         runs[f"three_processes_{i}"] = ("--num", 3, "--i", i, "--s", made["three_processes"], *THREE)
     # two packs through the launcher: GPUS=0,1 on a machine without CUDA puts both on the CPU
     env = script_env(PACK=1, GPUS="0,1", NUM=4, S=made["two_packs"])
-    launcher = subprocess.Popen(["bash", str(REPO / "grafting_cifar/grafting.sh"), *DIGITS, *FAKE], env=env, cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(["bash", str(REPO / "grafting_cifar/grafting.sh"), *map(str, DIGITS), *FAKE], env=env,
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    made["dist_packs"] = root / "dist_packs"
+    torchrun = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", 2, "--", REPO / SCRIPT,
+                *DIGITS, *FAKE, "--num", 4, "--pack", "--exchange", "dist", "--s", made["dist_packs"]]
+    torchrun = subprocess.Popen(list(map(str, torchrun)), env=script_env(), cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
     run_together(root, runs)
+    output = torchrun.communicate(timeout=900)[0]
+    assert torchrun.returncode == 0, output[-3000:]
     made["launcher_output"] = launcher.communicate(timeout=900)[0]
     assert launcher.returncode == 0, made["launcher_output"]
     return made
@@ -127,6 +134,12 @@ def test_two_packs_make_one_ring_of_four(sessions):
     assert (sessions["two_packs"] / "pack_3-4.out").exists()
     assert json.loads((sessions["two_packs"] / "session.json").read_text())["pack"] in ([1, 2], [3, 4])
     assert_same_networks(sessions["two_packs"], sessions["four_packed"], 4)
+
+
+def test_two_packs_over_torch_distributed_make_one_ring_of_four(sessions):
+    assert_same_networks(sessions["dist_packs"], sessions["four_packed"], 4)
+    left = sorted(p.name for p in (sessions["dist_packs"] / "exchange").glob("*.t7"))
+    assert left == [f"net{i}_epoch2.t7" for i in (1, 2, 3, 4)]
     left = sorted(p.name for p in (sessions["two_packs"] / "exchange").glob("*.t7"))
     assert left == [f"net{i}_epoch2.t7" for i in (1, 2, 3, 4)]
     for i in (1, 2, 3, 4):
