@@ -92,7 +92,7 @@ def add_grafting_flags(parser, resume_flag=True):
     g.add_argument("--s", dest="session_dir", default="checkpoint/grafting", metavar="DIR", help="session directory")
     g.add_argument("--num", type=int, default=1, help="number of networks in the ring (1: baseline)")
     g.add_argument("--i", dest="index", type=int, default=None,
-                   help="index of this network, 1..num (default 1; --exchange dist: RANK + 1; --pack: none)")
+                   help="index of this network, 1..num (default 1; --exchange dist: RANK + 1)")
     g.add_argument("--a", type=float, default=DEFAULT_A, help="A in α = (A/π)·arctan(c·ΔH) + 0.5")
     g.add_argument("--c", type=float, default=DEFAULT_C, help="c in α = (A/π)·arctan(c·ΔH) + 0.5")
     g.add_argument("--cos", action="store_true", help="cosine learning rate, annealed every iteration")
