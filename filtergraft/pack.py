@@ -23,7 +23,7 @@ from .checkpoint import atomic_save
 from .errors import UserError
 from .ring import announce_failure, open_ring, torchrun_rank, uses_ring
 from .rng import rng_state, set_rng_state
-from .runner import GraftHook, _raise_on_sigterm, graft_line, log_failure, run_network
+from .runner import GraftHook, _raise_on_sigterm, _reason, graft_line, log_failure, run_network
 from .session import exchange_dir, exchange_marker, exchange_weights, network_files, pack_commit, pending
 
 
@@ -293,12 +293,12 @@ def run_pack(record, build):
         fit_pack(members, offered)
     except BaseException as err:
         stop = _out_of_memory(record, members) if is_memory_error(err) else err
-        reason = None
+        reason = _reason(stop)
         for m in members:
-            reason = log_failure(m.session, stop)
+            log_failure(m.session, stop)
         for outer in outers:
             outer.close(error=reason)
-        if not outers and reason is not None:
+        if not outers and not isinstance(stop, SystemExit):  # as runner.failures_announced, for every member
             for member_record in records:
                 announce_failure(member_record, reason)
         if stop is err:

@@ -217,3 +217,19 @@ def test_a_pack_that_does_not_fit_says_what_to_lower(tmp_path):
     assert "out of memory on cpu with 2 networks in one process (--pack) at batch size 1437" in line
     assert "lower the networks per process" in line and "--batch-size" in line
     assert "out of memory" in (tmp_path / "exchange" / "net2.failed").read_text()
+
+
+def test_grafting_plus_students_packed_are_the_separate_students(tmp_path):
+    teacher = run_script(SCRIPT, *DIGITS, *FAKE, "--epochs", 1, "--s", tmp_path / "teacher")
+    assert teacher.returncode == 0, teacher.stderr
+    plus = ("grafting_plus/grafting+.py", "--dataset", "fake", "--arch", "resnet20", "--num_classes", 10, "--workers",
+            0, "--seed", 0, "--epochs", 2, "--num", 2, "--lr-per-network", 0.1, 0.05, "--teacher_arch", "resnet20",
+            "--teacher_dir", tmp_path / "teacher" / "best_1.t7")
+    runs = [start_script(*plus, "--pack", "--s", tmp_path / "packed", log_path=tmp_path / "packed.out")]
+    runs += [start_script(*plus, "--i", i, "--s", tmp_path / "processes", log_path=tmp_path / f"{i}.out")
+             for i in (1, 2)]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0, 0], (tmp_path / "packed.out").read_text()[-3000:]
+    assert_same_networks(tmp_path / "packed", tmp_path / "processes", 2)
+    for i in (1, 2):
+        for mine, other in zip(metrics(tmp_path / "packed", i), metrics(tmp_path / "processes", i)):
+            assert mine["train_kd"] == pytest.approx(other["train_kd"], rel=1e-5)  # its own teachers' targets
