@@ -15,11 +15,15 @@ import dataclasses
 import json
 import os
 import signal
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import torch
+from torch.nn.modules.dropout import _DropoutNd
 
 from .checkpoint import atomic_save
+from .data import TensorLoader
 from .errors import UserError
 from .ring import announce_failure, open_ring, torchrun_rank, uses_ring
 from .rng import rng_state, set_rng_state
@@ -160,8 +164,8 @@ def _start_epoch(members):
     return next(iter(starts.values()))
 
 
-def _train_together(members, epoch):
-    """One epoch of every member, a batch of each in turn; their training metrics."""
+def _train_together(members, epoch, records):
+    """One epoch of every member, a batch of each in turn, then its evaluation, into `records`."""
     passes, batches = [], []
     for m in members:
         with m.running():
@@ -171,7 +175,53 @@ def _train_together(members, epoch):
         for m, training, loader in zip(members, passes, batches):
             with m.running():
                 training.step(*next(loader))
-    return [training.result() for training in passes]
+    for m, training, record in zip(members, passes, records):
+        with m.running():  # a test DataLoader draws its base seed from the global generator
+            record.update(training.result())
+            m.trainer.evaluate_epoch(record)
+
+
+class _Stopped(Exception):
+    """A member's thread stops because another member failed."""
+
+
+def _train_in_threads(members, epoch, records):
+    """One epoch of every member and its evaluation, into `records`, each member in a thread of its own (as
+    N processes would share the cores; members that draw nothing from the global generators only)."""
+    stop = threading.Event()
+
+    def epoch_of(member, record):
+        training = member.trainer.train_pass(epoch)
+        for inputs, targets in member.trainer.train_loader:
+            if stop.is_set():
+                raise _Stopped()
+            training.step(inputs, targets)
+        record.update(training.result())
+        member.trainer.evaluate_epoch(record)
+
+    pool = ThreadPoolExecutor(len(members), thread_name_prefix="pack-member")
+    try:
+        futures = [pool.submit(epoch_of, m, record) for m, record in zip(members, records)]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        stop.set()
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        failure = next((e for e in errors if not isinstance(e, _Stopped)), None)
+        if failure is not None:
+            raise failure
+    finally:
+        stop.set()
+        pool.shutdown(wait=True)
+
+
+def in_threads(members):
+    """Whether the members can train in threads of their own: on the CPU, more than one, and nothing in
+    their training draws from the global generators, which the threads share (the tensor pipeline; no
+    dropout) or compiles (torch.compile is not for several threads at once)."""
+    def draws_nothing(m):
+        t = m.trainer
+        stochastic = any(isinstance(x, _DropoutNd) and x.p > 0 for x in t.model.modules())
+        return isinstance(t.train_loader, TensorLoader) and not stochastic and t.forward is t.model
+    return len(members) > 1 and members[0].trainer.device.type == "cpu" and all(map(draws_nothing, members))
 
 
 def _graft(members, epoch):
@@ -196,8 +246,9 @@ def _write_final_exchange(members, offered, epoch):
             atomic_save({"net": offered[m.record.index], "epoch": epoch, "arch": m.record.arch}, path)
 
 
-def fit_pack(members, offered):
-    """Train every member from their common start epoch to the last, as Trainer.fit does for one network."""
+def fit_pack(members, offered, threaded=False):
+    """Train every member from their common start epoch to the last, as Trainer.fit does for one network:
+    in lockstep, or with `threaded` each member's epoch in a thread of its own (in_threads)."""
     first = _start_epoch(members)
     epochs = members[0].trainer.epochs
     if first == 1:
@@ -206,11 +257,7 @@ def fit_pack(members, offered):
     for epoch in range(first, epochs + 1):
         start = time.perf_counter()
         records = [{"epoch": epoch, "lr": m.trainer.lr} for m in members]
-        for record, result in zip(records, _train_together(members, epoch)):
-            record.update(result)
-        for m, record in zip(members, records):
-            with m.running():  # a test DataLoader draws its base seed from the global generator
-                m.trainer.evaluate_epoch(record)
+        (_train_in_threads if threaded else _train_together)(members, epoch, records)
         if members[0].hook is not None:
             for record, result in zip(records, _graft(members, epoch)):
                 record.update(result)
@@ -287,10 +334,15 @@ def run_pack(record, build):
             exchange_marker(exchange_dir(record.session_dir), member_record.index, "failed").unlink(missing_ok=True)
         outers, offered = _connect(members, record)
         span = f"{record.pack[0]}..{record.pack[-1]}" if len(record.pack) > 1 else f"{record.pack[0]}"
+        threaded = in_threads(members)
+        if threaded:
+            # each member's thread takes its share of the cores, as launch_lib.sh gives one process each
+            torch.set_num_threads(max(1, torch.get_num_threads() // len(members)))
+        how = f"a thread each, {torch.get_num_threads()} torch thread(s) per thread" if threaded else "in lockstep"
         for m in members:
             m.session.log(f"packed: networks {span} of {record.num} train in this process (pid {os.getpid()}) "
-                          f"on {m.trainer.device}")
-        fit_pack(members, offered)
+                          f"on {m.trainer.device}, {how}")
+        fit_pack(members, offered, threaded)
     except BaseException as err:
         stop = _out_of_memory(record, members) if is_memory_error(err) else err
         reason = _reason(stop)

@@ -97,6 +97,8 @@ def test_packed_networks_are_the_separate_processes_networks(sessions, name, num
     log = (sessions[f"{name}_packed"] / f"{num}.log").read_text()
     assert f"packed: networks 1..{num} of {num} train in this process" in log
     assert f"network {num}/{num} grafts from network {num - 1}" in log
+    # the tensor pipeline trains each member in a thread of its own; the torchvision one (global generator) in lockstep
+    assert ("a thread each, 1 torch thread(s) per thread" if name == "two" else "in lockstep") in log
 
 
 def test_the_members_differ_as_separate_networks_do(sessions):
