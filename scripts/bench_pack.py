@@ -1,9 +1,10 @@
 """Packed against separate processes: aggregate training images/s and epoch time (graft included) of a ring
 of N grafting networks on one device, trained by grafting_cifar/grafting.py as one --pack process or as N
-processes sharing the device (each with its share of the CPU threads, as launch_lib.sh gives them). The
-epoch is the dataset's (fake: 256 training images); an epoch's time is the slowest network's epoch_time in
-its metrics (train, evaluate, graft, checkpoints), over the epochs after the first (warm-up). The repeats
-take turns (packed, processes, packed, ...); best / median over them. Prints a Markdown table.
+processes sharing the device, each started as launch_lib.sh starts it (a process: its share of the CPU
+threads; a pack: all of them, MALLOC_ARENA_MAX=1). The epoch is the dataset's (fake: 256 training
+images); an epoch's time is the slowest network's epoch_time in its metrics (train, evaluate, graft,
+checkpoints), over the epochs after the first (warm-up). The repeats take turns (packed, processes,
+packed, ...); best / median over them. Prints a Markdown table.
 
     python scripts/bench_pack.py                                    # ResNet32 and MobileNetV2, N = 1, 2, 4, 8
     python scripts/bench_pack.py --models resnet32 --nums 2 4 --repeats 3 --epochs 3
@@ -59,6 +60,8 @@ def train(session, args, model, num, packed):
               "--s", str(session), *(["--device", args.device] if args.device else [])]
     threads = os.cpu_count() if packed else max(1, os.cpu_count() // num)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO))
+    if packed:
+        env["MALLOC_ARENA_MAX"] = "1"  # as launch_lib.sh starts a pack
     commands = [common + ["--pack"]] if packed else [common + ["--i", str(i)] for i in range(1, num + 1)]
     procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
              for c in commands]

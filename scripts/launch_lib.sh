@@ -171,6 +171,7 @@ launch_session() {
 # `python SCRIPT --num NUM --pack --members FIRST-LAST --s SESSION_DIR FLAGS...`: the GPUs of list_gpus
 # split the ring into that many contiguous packs (sizes differing by at most one; one pack, on the CPU
 # with all its cores, when there is no GPU), whose boundary networks exchange through the session's files.
+# MALLOC_ARENA_MAX=1: the members' threads share glibc's main heap (pack.one_malloc_arena says why).
 # Each pack's console goes to SESSION_DIR/pack_<FIRST>-<LAST>.out (every network's log is still
 # SESSION_DIR/<i>.log). Waits for all, reports every exit status, returns non-zero when any pack failed.
 launch_packs() {
@@ -195,12 +196,12 @@ launch_packs() {
         gpu=${gpus[$p]:-}
         if [ -n "$gpu" ]; then
             echo "networks $first..$last on GPU $gpu: logs in $dir/<i>.log, console $out"
-            CUDA_VISIBLE_DEVICES=$gpu "$PYTHON" "$script" --num "$num" --pack --members "$first-$last" --s "$dir" \
-                "$@" >"$out" 2>&1 &
+            CUDA_VISIBLE_DEVICES=$gpu MALLOC_ARENA_MAX=1 "$PYTHON" "$script" --num "$num" --pack \
+                --members "$first-$last" --s "$dir" "$@" >"$out" 2>&1 &
         else
             echo "networks $first..$last on CPU ($(nproc) threads): logs in $dir/<i>.log, console $out"
-            CUDA_VISIBLE_DEVICES= "$PYTHON" "$script" --num "$num" --pack --members "$first-$last" --s "$dir" \
-                "$@" >"$out" 2>&1 &
+            CUDA_VISIBLE_DEVICES= MALLOC_ARENA_MAX=1 "$PYTHON" "$script" --num "$num" --pack \
+                --members "$first-$last" --s "$dir" "$@" >"$out" 2>&1 &
         fi
         pids+=($!)
         outs+=("$out")
