@@ -12,11 +12,12 @@ import sys
 import torch
 
 from .data import DATASETS, LOADERS
-from .engine import every
+from .engine import every, is_out_of_memory
 from .errors import FlagError, UserError, handle_interrupts
 from .grafting import DEFAULT_A, DEFAULT_C, ENTROPY_BINS
 from .record import RunRecord
 from .ring import EXCHANGES, announce_failure, place_in_ring
+from .pack import pack_members
 from .runner import LEVELS, SOURCES
 from .session import claim_run, network_files, release_run
 
@@ -149,8 +150,8 @@ def add_grafting_flags(parser, resume_flag=True):
     g = parser.add_argument_group("grafting")
     g.add_argument("--s", dest="session_dir", default="checkpoint/grafting", metavar="DIR", help="session directory")
     g.add_argument("--num", type=int, default=1, help="number of networks in the ring (1: baseline)")
-    g.add_argument("--i", dest="index", type=int, default=1,
-                   help="index of this network, 1..num (--exchange dist: RANK + 1)")
+    g.add_argument("--i", dest="index", type=int, default=None,
+                   help="index of this network, 1..num (default 1; --exchange dist: RANK + 1)")
     g.add_argument("--a", type=finite, default=DEFAULT_A, help="A in α = (A/π)·arctan(c·ΔH) + 0.5")
     g.add_argument("--c", type=finite, default=DEFAULT_C, help="c in α = (A/π)·arctan(c·ΔH) + 0.5")
     g.add_argument("--cos", action="store_true", help="cosine learning rate, annealed every iteration")
@@ -188,6 +189,18 @@ def add_grafting_flags(parser, resume_flag=True):
     if resume_flag:
         g.add_argument("--resume", action="store_true", help="continue from the session's last_<i>.t7")
     parser.set_defaults(eval_order=EVAL_ORDER)
+    return g
+
+
+def add_pack_flags(parser):
+    """--pack and --members: several networks of a ring in one process on one device."""
+    g = parser.add_argument_group("pack")
+    g.add_argument("--pack", action="store_true",
+                   help="train the ring's networks together in this one process on one device, each exactly the "
+                        "network --i would train alone; the graft happens in memory")
+    g.add_argument("--members", default=None, metavar="FIRST-LAST",
+                   help="with --pack: the contiguous networks this process trains (default: all; --exchange dist: "
+                        "this rank's share); the other packs of the ring exchange with it through --exchange")
     return g
 
 
@@ -230,9 +243,9 @@ def grafting_record(args, script=None):
     --exchange dist) and its step schedule's milestones included."""
     record = RunRecord.from_flags(script, args)
     check_training(record)
-    place_in_ring(record)
     if record.num < 1:
         raise UserError(f"--num must be at least 1, not {record.num}")
+    place_networks(record, getattr(args, "members", None))
     if not 1 <= record.index <= record.num:
         raise UserError(f"--i must be between 1 and --num ({record.num}), not {record.index}")
     if record.level == "filter" and record.num < 2:
@@ -249,6 +262,23 @@ def grafting_record(args, script=None):
     if record.lr_step is not None and record.epochs is not None:
         record.milestones = every(record.lr_step, record.epochs)
     return record
+
+
+def place_networks(record, members):
+    """Which networks this process trains: record.pack under --pack (`members`, or all), else network --i
+    (or torchrun's rank with --exchange dist); record.index is the first of them."""
+    if not record.pack:
+        if members is not None:
+            raise UserError("--members chooses the networks of a pack; add --pack, or use --i for one network")
+        place_in_ring(record)
+        record.index = 1 if record.index is None else record.index
+        record.pack = None
+        return
+    if record.index is not None:
+        raise UserError(f"--pack trains several networks, not network --i {record.index}: drop --i (--members "
+                        f"FIRST-LAST trains a part of the ring)")
+    record.pack = pack_members(record, members)
+    record.index = record.pack[0]
 
 
 def flag_of(parser, field):
@@ -280,14 +310,6 @@ def run(parser, main, argv=None):
         if not is_out_of_memory(err):
             raise
         raise UserError(out_of_memory(parser, args, err)) from None
-
-
-def is_out_of_memory(err):
-    """Whether `err` is an allocation that failed: MemoryError, torch.OutOfMemoryError on a GPU, or the
-    RuntimeError of torch's host allocator."""
-    text = str(err)
-    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text or \
-        "not enough memory" in text
 
 
 def out_of_memory(parser, args, err):

@@ -29,6 +29,14 @@ def resolve_device(name=None):
     return device
 
 
+def is_out_of_memory(err):
+    """Whether `err` is an allocation that failed: MemoryError, torch.OutOfMemoryError on a GPU, or the
+    RuntimeError of torch's host allocator."""
+    text = str(err)
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(err, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text))
+
+
 def sgd(model, lr, momentum=0.9, weight_decay=5e-4):
     """SGD with momentum and weight decay over all parameters that require gradients."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -145,50 +153,31 @@ class Trainer:
 
     def train_epoch(self, epoch):
         """One pass over the training data; returns mean loss (and its parts) and top-1 accuracy."""
-        self.model.train()
-        totals, seen = None, 0
-        correct = torch.zeros((), device=self.device)
-        batches = len(self.train_loader)
+        training = self.train_pass(epoch)
         # disable=None: tqdm draws only on a terminal; elsewhere the log lines say how far the epoch is
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}", leave=False, disable=None)
-        for step, (inputs, targets) in enumerate(bar, 1):
-            if self.check_abort is not None:
-                self.check_abort()
-            inputs, targets = self._to_device(inputs, targets)
-            with self._autocast():
-                logits = self.forward(inputs)
-                loss, parts = self.loss_fn(logits, targets, inputs)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.after_backward is not None:
-                self.after_backward(self.model)
-            self.optimizer.step()
-            self.scheduler.step()
-            n = targets.size(0)
-            values = torch.stack([loss.detach(), *(p.detach() for p in parts.values())]) * n
-            totals = values if totals is None else totals + values
-            correct += correct_topk(logits.detach(), targets, (1,))[0]
-            seen += n
-            if step % self.print_freq == 0 or step == batches:
-                line = (f"epoch {epoch} [{step}/{batches}] loss {totals[0].item() / seen:.4f} "
-                        f"acc {100.0 * correct.item() / seen:.2f}% lr {self.lr:.5f}")
-                self.session.log(line, console=bar.disable)
+        training.console = bar.disable
+        for inputs, targets in bar:
+            training.step(inputs, targets)
         bar.close()
-        means = (totals / seen).tolist()
-        result = {"train_loss": means[0], "train_acc": 100.0 * correct.item() / seen}
-        result.update({f"train_{name}": value for name, value in zip(parts, means[1:])})
-        return result
+        return training.result()
+
+    def train_pass(self, epoch):
+        """A TrainPass over this epoch's batches, fed one batch at a time (a pack feeds its members in turn)."""
+        return TrainPass(self, epoch)
 
     def evaluate(self, prefix="test"):
         """Mean cross-entropy and top-k accuracies (percent) on the test loader."""
         return evaluate(self.forward, self.test_loader, self.device, self.topk, prefix, self.amp, self.memory_format)
 
-    def last_checkpoint(self, epoch):
-        """Everything --resume needs to continue after `epoch`."""
+    def last_checkpoint(self, epoch, record=None):
+        """Everything --resume needs to continue after `epoch`, with that epoch's metrics `record` (what a
+        resume writes back when a kill struck between this checkpoint and the metrics line)."""
         generators = [self.generator] if self.generator is not None else []
-        return {"net": self.model.state_dict(), "epoch": epoch, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "best_acc": self.best_acc,
-                "rng": rng_state(*generators), **self.meta}
+        state = {"net": self.model.state_dict(), "epoch": epoch, "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "best_acc": self.best_acc,
+                 "rng": rng_state(*generators), **self.meta}
+        return state if record is None else {**state, "metrics": record}
 
     def resume(self, state=None, source=None):
         """Continue from the session's last checkpoint (or `state`, read from `source`): weights, optimizer,
@@ -234,26 +223,85 @@ class Trainer:
             self.session.sync_metrics(0)
         for epoch in range(self.start_epoch, self.epochs + 1):
             start = time.perf_counter()
-            lr = self.lr
-            record = {"epoch": epoch, "lr": lr}
+            record = {"epoch": epoch, "lr": self.lr}
             record.update(self.train_epoch(epoch))
-            record.update(self.evaluate())
-            if record["test_acc"] > self.best_acc:
-                self.best_acc = record["test_acc"]
-                self.session.save_best({"net": self.model.state_dict(), "acc": record["test_acc"],
-                                        "epoch": epoch, **self.meta})
-            record["best_acc"] = self.best_acc
+            self.evaluate_epoch(record)
             if epoch_end is not None:
                 record.update(epoch_end(epoch))
-            record["epoch_time"] = time.perf_counter() - start
-            record["time"] = time.time()  # when the epoch ended, seconds since the epoch
-            self.session.save_last({**self.last_checkpoint(epoch), "metrics": record})
-            self.session.append_metrics(record)
-            grafted = f" grafted {record['test_acc_grafted']:.2f}%" if "test_acc_grafted" in record else ""
-            self.session.log(f"epoch {epoch}/{self.epochs} lr {lr:.5f} | train loss "
-                             f"{record['train_loss']:.4f} acc {record['train_acc']:.2f}% | test loss "
-                             f"{record['test_loss']:.4f} acc {record['test_acc']:.2f}% "
-                             f"(best {self.best_acc:.2f}%){grafted} | {record['epoch_time']:.1f}s")
-            for callback in self.on_epoch:
-                callback(epoch, record, self.model)
+            self.end_epoch(record, time.perf_counter() - start)
+            self.session.save_last(self.last_checkpoint(epoch, record))
+            self.record_epoch(record)
         return self.best_acc
+
+    def evaluate_epoch(self, record):
+        """Evaluate into `record` (the epoch's metrics so far) and save the best checkpoint when it is one."""
+        record.update(self.evaluate())
+        if record["test_acc"] > self.best_acc:
+            self.best_acc = record["test_acc"]
+            self.session.save_best({"net": self.model.state_dict(), "acc": record["test_acc"],
+                                    "epoch": record["epoch"], **self.meta})
+        record["best_acc"] = self.best_acc
+
+    @staticmethod
+    def end_epoch(record, seconds):
+        """Close the epoch's metrics `record`: how long it took, and when it ended (seconds since the epoch)."""
+        record["epoch_time"] = seconds
+        record["time"] = time.time()
+
+    def record_epoch(self, record):
+        """After the last checkpoint: the metrics line, the log line and the on_epoch callbacks of `record`."""
+        self.session.append_metrics(record)
+        grafted = f" grafted {record['test_acc_grafted']:.2f}%" if "test_acc_grafted" in record else ""
+        self.session.log(f"epoch {record['epoch']}/{self.epochs} lr {record['lr']:.5f} | train loss "
+                         f"{record['train_loss']:.4f} acc {record['train_acc']:.2f}% | test loss "
+                         f"{record['test_loss']:.4f} acc {record['test_acc']:.2f}% "
+                         f"(best {self.best_acc:.2f}%){grafted} | {record['epoch_time']:.1f}s")
+        for callback in self.on_epoch:
+            callback(record["epoch"], record, self.model)
+
+
+class TrainPass:
+    """One epoch of a Trainer's training, a batch per `step`: forward, loss, backward, the step after
+    backward, optimizer and schedule steps, running totals and the periodic log line."""
+
+    def __init__(self, trainer, epoch):
+        self.trainer = trainer
+        self.epoch = epoch
+        self.batches = len(trainer.train_loader)
+        self.steps = 0
+        self.totals, self.parts, self.seen = None, {}, 0
+        self.correct = torch.zeros((), device=trainer.device)
+        self.console = True  # log lines also on the console (off while a progress bar draws)
+        trainer.model.train()
+
+    def step(self, inputs, targets):
+        t = self.trainer
+        if t.check_abort is not None:
+            t.check_abort()
+        inputs, targets = t._to_device(inputs, targets)
+        with t._autocast():
+            logits = t.forward(inputs)
+            loss, self.parts = t.loss_fn(logits, targets, inputs)
+        t.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.after_backward is not None:
+            t.after_backward(t.model)
+        t.optimizer.step()
+        t.scheduler.step()
+        n = targets.size(0)
+        values = torch.stack([loss.detach(), *(p.detach() for p in self.parts.values())]) * n
+        self.totals = values if self.totals is None else self.totals + values
+        self.correct += correct_topk(logits.detach(), targets, (1,))[0]
+        self.seen += n
+        self.steps += 1
+        if self.steps % t.print_freq == 0 or self.steps == self.batches:
+            line = (f"epoch {self.epoch} [{self.steps}/{self.batches}] loss {self.totals[0].item() / self.seen:.4f} "
+                    f"acc {100.0 * self.correct.item() / self.seen:.2f}% lr {t.lr:.5f}")
+            t.session.log(line, console=self.console)
+
+    def result(self):
+        """{train_loss, train_acc, train_<part>...}: the means over the pass."""
+        means = (self.totals / self.seen).tolist()
+        result = {"train_loss": means[0], "train_acc": 100.0 * self.correct.item() / self.seen}
+        result.update({f"train_{name}": value for name, value in zip(self.parts, means[1:])})
+        return result

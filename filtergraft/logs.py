@@ -32,6 +32,14 @@ def run_logger(path):
     return logger
 
 
+def label_console(logger, label):
+    """Begin `logger`'s console lines (not its file's) with `label`, e.g. the network's index in a pack,
+    whose networks share one console."""
+    for handler in logger.handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setFormatter(TimestampedFormatter(f"%(asctime)s {label}%(message)s"))
+
+
 def close_logger(logger):
     """Flush and close every handler of `logger`, and detach them."""
     for handler in list(logger.handlers):

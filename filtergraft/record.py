@@ -72,6 +72,7 @@ class RunRecord:
     graft_timeout: float = None
     heartbeat_timeout: float = None
     exchange: str = None
+    pack: list = None  # --pack: the networks trained together in the process that wrote the record
     # grafting+
     teachers: list = None  # [{"arch", "checkpoint"}]
     T: float = None

@@ -1,6 +1,7 @@
 """One network of a grafting session, end to end: train, graft at the end of every epoch through
 the ring exchange (or from a noise / internal scion), and leave a marker for the others on the way out."""
 import contextlib
+import dataclasses
 import time
 import traceback
 from pathlib import Path
@@ -17,7 +18,8 @@ LEVELS = ("layer", "filter")
 class GraftHook:
     """The end-of-epoch graft of network `record` (a record.RunRecord, SPEC §3): publish, receive the
     predecessor's weights through `exchange`, graft; or a scion of its own (record.source). With
-    `evaluate` (--eval-grafted), the grafted network is evaluated too (test_acc_grafted)."""
+    `evaluate` (--eval-grafted), the grafted network is evaluated too (test_acc_grafted). A pack calls
+    `publish` for all its members before any `complete`s, since each member receives from another."""
 
     def __init__(self, model, record, exchange=None, evaluate=None):
         self.model = model
@@ -25,9 +27,25 @@ class GraftHook:
         self.exchange = exchange
         self.evaluate = evaluate
         self.grafter = Grafter.for_record(model, record)
+        self._published = (None, 0.0)  # (the pre-graft state dict offered, seconds publishing took)
 
     def __call__(self, epoch):
+        self.publish(epoch)
+        return self.complete(epoch)
+
+    def publish(self, epoch):
+        """Offer this network's pre-graft weights of `epoch` to its successor (an external scion only)."""
         start = time.perf_counter()
+        own = None
+        if self.record.source not in ("noise", "internal"):
+            own = self.model.state_dict()
+            self.exchange.publish(epoch, own)
+        self._published = (own, time.perf_counter() - start)
+
+    def complete(self, epoch):
+        """Graft (after `publish`) and return the metrics of it; its time includes the publishing."""
+        start = time.perf_counter()
+        own, publishing = self._published
         r = self.record
         if r.source == "noise":
             entry = {"source": "noise", "layers": graft_noise(self.model, r.noise_decay ** epoch, r.invalid_threshold)}
@@ -35,14 +53,11 @@ class GraftHook:
             entry = {"source": "internal", "layers": graft_internal(self.model, r.invalid_threshold, r.a, r.c,
                                                                         r.entropy_bins)}
         else:
-            own = self.model.state_dict()
-            self.exchange.publish(epoch, own)
-            receiving = time.perf_counter()
             peer = self.exchange.receive(epoch, own)
-            waited = time.perf_counter() - receiving
+            waited = time.perf_counter() - start
             entry = {"peer": self.exchange.peer, "level": r.level, "layers": self.grafter.graft(peer)}
             entry["wait_time"] = waited
-        entry["time"] = time.perf_counter() - start
+        entry["time"] = publishing + time.perf_counter() - start
         if self.evaluate is None:
             return {"graft": entry}
         grafted = self.evaluate()
@@ -63,34 +78,55 @@ def _reason(err):
 
 @contextlib.contextmanager
 def running_network(record, files=None):
-    """Around a whole run's script, given its run record. When its session directory exists already (a
-    launcher made it, an earlier run wrote it) the run is claimed at once (a second process for the same
-    network is refused before it writes anything, else that happens when the session opens:
-    assembly.open_session), the temporaries a killed earlier process left are removed, and in a ring the
-    network shows itself alive from now on (ring.announce_start). An error before the ring opens (bad data,
-    a refused resume, SIGTERM) still leaves what the ring's backend needs (ring.announce_failure), so the
-    peers stop at once instead of waiting for a network that never comes. `files`: the run's files in the
-    session directory (default: network record.index's)."""
-    files = files or network_files(record.index)
+    """Around a whole run's script, given its run record, for each network the process trains (record.pack
+    under --pack, else record.index). When the session directory exists already (a launcher made it, an
+    earlier run wrote it) each is claimed at once (a second process for the same network is refused before
+    it writes anything; else that happens when its session opens: assembly.open_session), the temporaries a
+    killed earlier process left are removed, and in a ring each shows itself alive from now on
+    (ring.announce_start). An error before the ring opens (bad data, a refused resume, SIGTERM) still leaves
+    what the ring's backend needs (ring.announce_failure), so the peers stop at once instead of waiting for
+    a network that never comes. `files`: a single run's files (default: network i's)."""
+    records = [dataclasses.replace(record, index=i) for i in record.pack] if record.pack else [record]
+    owned = [(r, files or network_files(r.index)) for r in records]
     ring = (record.num or 1) > 1
-    heartbeat = None
+    heartbeats = []
     try:
         if Path(record.session_dir).is_dir():
-            claim_run(record.session_dir, files, f"network {record.index} of {record.session_dir}")
-            for path in stale_temporaries(record.session_dir, files, record.index if ring else None):
-                path.unlink(missing_ok=True)
+            for member, member_files in owned:
+                claim_run(record.session_dir, member_files, f"network {member.index} of {record.session_dir}")
+                for path in stale_temporaries(record.session_dir, member_files, member.index if ring else None):
+                    path.unlink(missing_ok=True)
             if ring:
-                heartbeat = announce_start(record)
+                heartbeats = [announce_start(member) for member, _ in owned]
         yield
     except BaseException as err:
         if ring and (isinstance(err, Terminated) or not isinstance(err, SystemExit)) and \
                 not isinstance(err, AlreadyRunning):
-            announce_failure(record, _reason(err))
+            for member, _ in owned:
+                announce_failure(member, _reason(err))
         raise
     finally:
-        if heartbeat is not None:
-            heartbeat.stop()
-        release_run(record.session_dir, files)
+        for heartbeat in heartbeats:
+            if heartbeat is not None:
+                heartbeat.stop()
+        for _, member_files in owned:
+            release_run(record.session_dir, member_files)
+
+
+def graft_line(record, peer, grafter):
+    """The log line saying where network record.index takes its scion (network `peer`) and how it grafts."""
+    information = f"entropy, {record.entropy_bins} bins" if record.criterion == "entropy" else record.criterion
+    return (f"network {record.index}/{record.num} grafts from network {peer} ({record.level} level, {information}, "
+            f"A={record.a}, c={record.c}); {grafter.describe()}")
+
+
+def log_failure(session, err):
+    """Log why a run stops in its session's file (with the traceback of an unexpected error); the reason."""
+    reason = _reason(err)
+    session.log(f"error: {reason}", console=False)
+    if not isinstance(err, (UserError, KeyboardInterrupt, SystemExit)):
+        session.log(traceback.format_exc(), console=False)
+    return reason
 
 
 def run_network(trainer, record):
@@ -106,17 +142,12 @@ def run_network(trainer, record):
             hook = GraftHook(trainer.model, record, exchange, trainer.evaluate if record.eval_grafted else None)
         if exchange is not None:
             trainer.check_abort = exchange.check
-            information = f"entropy, {record.entropy_bins} bins" if record.criterion == "entropy" else record.criterion
-            session.log(f"network {record.index}/{record.num} grafts from network {exchange.peer} "
-                        f"({record.level} level, {information}, A={record.a}, c={record.c}); "
-                        f"{hook.grafter.describe()}")
+            session.log(graft_line(record, exchange.peer, hook.grafter))
         trainer.fit(hook)
     except BaseException as err:
-        session.log(f"error: {_reason(err)}", console=False)
-        if not isinstance(err, (UserError, KeyboardInterrupt, SystemExit)):
-            session.log(traceback.format_exc(), console=False)
+        reason = log_failure(session, err)
         if exchange is not None:
-            culprit = exchange.close(error=_reason(err))
+            culprit = exchange.close(error=reason)
             if isinstance(err, Terminated) and culprit:
                 err.reason = culprit  # the one line the script ends with names who stopped the ring
         raise

@@ -3,7 +3,8 @@
 #   MODEL=resnet56 CIFAR=10 NUM=2 GPUS=0,1 ./grafting_cifar/grafting.sh --cos --difflr
 # Settings (environment): MODEL (resnet32), CIFAR (10), NUM (2), GPUS (all), S (session dir,
 # checkpoint/grafting_<MODEL>_c<CIFAR>_n<NUM>), EPOCHS (200), LR (0.1), DATA (../data).
-# Any flags given are passed to every network.
+# PACK=1: the networks in one process per GPU of GPUS (contiguous packs; one pack on the CPU), each exactly
+# the network its own process would train (--pack). Any flags given are passed to every network.
 set -u
 source "$(dirname "$0")/../scripts/launch_lib.sh"
 MODEL=${MODEL:-resnet32}
@@ -13,5 +14,5 @@ EPOCHS=${EPOCHS:-200}
 LR=${LR:-0.1}
 DATA=${DATA:-../data}
 S=${S:-checkpoint/grafting_${MODEL}_c${CIFAR}_n${NUM}}
-launch_ring "$REPO_ROOT/grafting_cifar/grafting.py" "$NUM" "$S" \
+launch_session "$REPO_ROOT/grafting_cifar/grafting.py" "$NUM" "$S" \
     --model "$MODEL" --cifar "$CIFAR" --epochs "$EPOCHS" --lr "$LR" --data "$DATA" "$@"

@@ -2,7 +2,8 @@
 
 Students graft among themselves exactly as grafting_cifar/grafting.py; each also minimises
 CE(student, y) + T²·CE(p̄_teacher(T), p_student(T)) against the average of the teachers' softened outputs.
-Without --teacher_arch it is plain grafting (--num 1: the baseline).
+Without --teacher_arch it is plain grafting (--num 1: the baseline). --pack trains the students together
+in one process, each with the teachers' targets of its own batches.
 
     python grafting_plus/grafting+.py --arch resnet32 --num_classes 100 --num 2 --i 1 --s runs/gp \\
         --teacher_arch resnet56 --teacher_dir runs/teacher/best_1.t7
@@ -16,7 +17,8 @@ from filtergraft.assembly import check_cifar_network, cifar_trainer
 from filtergraft.distill import DistillationLoss, load_teachers
 from filtergraft.errors import exit_on_user_error
 from filtergraft.models import model_names
-from filtergraft.runner import running_network, run_network
+from filtergraft.pack import run_networks
+from filtergraft.runner import running_network
 
 GRAFTING_PLUS_C = 10.0  # the grafting+ release's --c (SPEC §4), not the grafting paper's 500
 
@@ -32,6 +34,7 @@ def build_parser():
     parser.add_argument("--T", type=cli.positive(float), default=2.0, help="distillation temperature")
     cli.add_cifar_training_flags(parser)
     cli.add_grafting_flags(parser)
+    cli.add_pack_flags(parser)
     cli.add_speed_flags(parser)
     cli.add_logging_flags(parser)
     parser.set_defaults(c=GRAFTING_PLUS_C)
@@ -52,13 +55,16 @@ def run(args):
         memory_format = torch.channels_last if record.channels_last else torch.preserve_format
         return DistillationLoss([t.to(device, memory_format=memory_format) for t, _ in teachers], record.T)
 
-    with running_network(record):
-        trainer = cifar_trainer(record, loss_for_device if teachers else None)
+    def student(member):
+        trainer = cifar_trainer(member, loss_for_device if teachers else None)
         for teacher, (_, acc) in zip(record.teachers, teachers):
             recorded = "unknown" if acc is None else f"{acc:.2f}%"
             trainer.session.log(f"teacher {teacher['arch']} from {teacher['checkpoint']} (recorded test accuracy "
                                 f"{recorded}), T = {record.T:g}")
-        run_network(trainer, record)
+        return trainer
+
+    with running_network(record):
+        run_networks(record, student)
 
 
 def main(argv=None):

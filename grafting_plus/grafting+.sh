@@ -9,7 +9,8 @@
 # rows' rate), STUDENT_LRS ("0.1 0.05": the two-student rows' rates, network 1 then 2, as the release's
 # launcher; empty: LR for both), T (2, the temperature),
 # WORKERS (2), DATA (../data), GPUS (all), S (checkpoint/grafting_plus_<TEACHER>_<STUDENT>_c<CIFAR>),
-# TEACHER_S (S/teacher: the teacher's session; its best_1.t7 is the teacher).
+# TEACHER_S (S/teacher: the teacher's session; its best_1.t7 is the teacher), PACK (1: each row's students in
+# one process per GPU, --pack).
 # Flags given are passed to the four student rows. A row already trained is kept; one cut short resumes.
 set -u
 source "$(dirname "$0")/../scripts/launch_lib.sh"
@@ -47,7 +48,7 @@ run() {
     fi
     local resume=()
     [ "$done" -gt 0 ] && resume=(--resume) && echo "$dir: resuming after epoch $done"
-    launch_ring "$script" "$num" "$dir" --epochs "$epochs" "${resume[@]}" "$@"
+    launch_session "$script" "$num" "$dir" --epochs "$epochs" "${resume[@]}" "$@"
 }
 
 echo "== teacher $TEACHER ($TEACHER_S)"

@@ -15,6 +15,9 @@
 # (--exchange dist), network i being torchrun rank i - 1; same GPUs, same <i>.out and <i>.log, same exit
 # report (for this machine's networks), and torchrun's own output in SESSION_DIR/torchrun_node<NODE_RANK>.out.
 # A single network has nothing to exchange and starts as with EXCHANGE=file.
+#
+# PACK=1 (launch_session, launch_packs below) starts one process per GPU instead, each training a
+# contiguous pack of the networks (--pack --members FIRST-LAST).
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${PYTHON:-}" ]; then
@@ -89,7 +92,8 @@ launch_ring() {
         pids+=($!)
         outs+=("$out")
     done
-    supervise 1 pids outs
+    local names=($(seq 1 "$num"))
+    supervise pids outs names
 }
 
 # STOP_GRACE: seconds a network has to stop after SIGTERM before it is killed (SIGKILL).
@@ -103,13 +107,13 @@ stop_networks() {
     return 0
 }
 
-# supervise FIRST PIDS OUTS: wait for the networks FIRST, FIRST+1, ... whose pids and consoles are in the
-# arrays named PIDS and OUTS, as torchrun does: the first to fail stops the others at once (SIGTERM, then
-# SIGKILL after STOP_GRACE seconds), and so does a SIGINT or SIGTERM of the launcher (Ctrl-C); a second
-# one kills them. Then every network's exit status; non-zero when any failed or the launcher was stopped.
+# supervise PIDS OUTS NAMES: wait for the processes whose pids, consoles and names (network 2, networks
+# 1..4 of a pack) are in the arrays named PIDS, OUTS and NAMES, as torchrun does: the first to fail stops
+# the others at once (SIGTERM, then SIGKILL after STOP_GRACE seconds), and so does a SIGINT or SIGTERM of the
+# launcher (Ctrl-C); a second one kills them. Then every exit status; non-zero when any failed or the
+# launcher was stopped.
 supervise() {
-    local first=$1
-    local -n _pids=$2 _outs=$3
+    local -n _pids=$1 _outs=$2 _names=$3
     local -A code=()
     local running=("${_pids[@]}") stopped="" killer="" pid rc k status=0
     stop_all() {  # stop_all WHY
@@ -133,7 +137,7 @@ supervise() {
         code[$pid]=$rc
         running=($(for k in "${running[@]}"; do [ "$k" != "$pid" ] && echo "$k"; done))
         if [ "$rc" -ne 0 ] && [ -z "$stopped" ]; then
-            for k in "${!_pids[@]}"; do [ "${_pids[$k]}" = "$pid" ] && echo "network $((first + k)) failed (exit $rc): stopping the others"; done
+            for k in "${!_pids[@]}"; do [ "${_pids[$k]}" = "$pid" ] && echo "network ${_names[$k]} failed (exit $rc): stopping the others"; done
             stop_all failed
         fi
     done
@@ -141,7 +145,7 @@ supervise() {
     [ -n "$killer" ] && kill "$killer" 2>/dev/null
     for k in "${!_pids[@]}"; do
         rc=${code[${_pids[$k]}]}
-        report_exit "$((first + k))" "$rc" "${_outs[$k]}"
+        report_exit "${_names[$k]}" "$rc" "${_outs[$k]}"
         [ "$rc" -eq 0 ] || status=1
     done
     case $stopped in
@@ -227,4 +231,53 @@ launch_torchrun() {
     [ "$status" -eq 0 ] || echo "torchrun: exit $status (see $dir/torchrun_node$node.out)"
     rm -rf "$status_dir"
     return $status
+}
+
+# launch_session SCRIPT NUM SESSION_DIR [FLAGS...]: launch_packs when PACK=1, else launch_ring.
+launch_session() {
+    if [ "${PACK:-0}" = 1 ]; then launch_packs "$@"; else launch_ring "$@"; fi
+}
+
+# launch_packs SCRIPT NUM SESSION_DIR [FLAGS...] (PACK=1): the NUM networks in one process per device,
+# `python SCRIPT --num NUM --pack --members FIRST-LAST --s SESSION_DIR FLAGS...`: the GPUs of list_gpus
+# split the ring into that many contiguous packs (sizes differing by at most one; one pack, on the CPU
+# with all its cores, when there is no GPU), whose boundary networks exchange through the session's files.
+# MALLOC_ARENA_MAX=1: the members' threads share glibc's main heap (pack.one_malloc_arena says why).
+# Each pack's console goes to SESSION_DIR/pack_<FIRST>-<LAST>.out (every network's log is still
+# SESSION_DIR/<i>.log). Waits for all, reports every exit status, returns non-zero when any pack failed.
+launch_packs() {
+    local script=$1 num=$2 dir=$3
+    shift 3
+    if [ "${EXCHANGE:-file}" != file ]; then
+        echo "error: PACK=1 starts its packs with EXCHANGE=file; for torch.distributed start them with" \
+             "torchrun --nproc_per_node=PACKS -- $script --pack --exchange dist --num $num ..." >&2
+        return 2
+    fi
+    mkdir -p "$dir" || return 1
+    local gpus=() packs p size larger first last gpu out pids=() outs=() names=()
+    check_count NUM "$num" || return 2
+    IFS=, read -r -a gpus <<< "$(list_gpus)"
+    packs=${#gpus[@]}
+    [ "$packs" -ge 1 ] || packs=1
+    [ "$packs" -le "$num" ] || packs=$num
+    size=$((num / packs)) larger=$((num % packs))
+    for p in $(seq 0 $((packs - 1))); do
+        first=$((p * size + (p < larger ? p : larger) + 1))
+        last=$((first + size - 1 + (p < larger ? 1 : 0)))
+        out=$("$PYTHON" -m filtergraft.results.launcher pack-console "$dir" "$first" "$last") || return 1
+        gpu=${gpus[$p]:-}
+        if [ -n "$gpu" ]; then
+            echo "networks $first..$last on GPU $gpu: logs in $dir/<i>.log, console $out"
+            CUDA_VISIBLE_DEVICES=$gpu MALLOC_ARENA_MAX=1 "$PYTHON" "$script" --num "$num" --pack \
+                --members "$first-$last" --s "$dir" "$@" >"$out" 2>&1 &
+        else
+            echo "networks $first..$last on CPU ($(nproc) threads): logs in $dir/<i>.log, console $out"
+            CUDA_VISIBLE_DEVICES= MALLOC_ARENA_MAX=1 "$PYTHON" "$script" --num "$num" --pack \
+                --members "$first-$last" --s "$dir" "$@" >"$out" 2>&1 &
+        fi
+        pids+=($!)
+        outs+=("$out")
+        names+=("$first..$last")
+    done
+    supervise pids outs names
 }

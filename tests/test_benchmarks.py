@@ -84,3 +84,23 @@ def test_bench_exchange_row(exchange, tmp_path):
         best, median = map(float, cell.split(" / "))
         assert 0 < best <= median
     assert float(first_ms) > 0
+
+
+def test_bench_pack_table():
+    result = run_script("scripts/bench_pack.py", "--models", "resnet20", "--nums", "2", "--repeats", "2",
+                        "--epochs", "2", timeout=400)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("device: CPU") and "load average" in result.stdout, result.stdout
+    assert "fake: 256 training images an epoch, batch 128, 2 epochs a run (1 timed), 2 interleaved repeats" \
+        in result.stdout
+    (row,) = table_rows(result.stdout)
+    model, num, *cells, ratio = row
+    assert (model, num) == ("resnet20", "2")
+    seconds = [tuple(map(float, cell.split(" / "))) for cell in cells[:2]]
+    rates = [tuple(map(number, cell.split(" / "))) for cell in cells[2:]]
+    for (fastest, median), (best, median_rate) in zip(seconds, rates):
+        assert 0 < fastest <= median and best >= median_rate > 0
+        # images/s = N · 256 / epoch seconds, the seconds printed to 0.01, the rate to 1
+        assert 512 / (fastest + 0.005) - 0.5 <= best <= 512 / (fastest - 0.005) + 0.5
+    shown = float(ratio.lstrip("×"))
+    assert shown == pytest.approx(rates[0][1] / rates[1][1], rel=0.02, abs=0.01)

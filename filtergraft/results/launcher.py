@@ -9,6 +9,8 @@ no torch, so that each call starts in well under a second):
     python -m filtergraft.results.launcher file DIR I KIND...
         the path of network I's file of each KIND (log, metrics, best, last, or console: where a launcher
         sends its output) in session DIR, one a line
+    python -m filtergraft.results.launcher pack-console DIR FIRST LAST
+        where a launcher sends the console of the pack of networks FIRST..LAST (--pack) in session DIR
 
 A metrics line cut short by a kill is skipped, as everywhere sessions are read.
 """
@@ -16,10 +18,11 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ..session import SessionFiles, console_file, network_files, read_network
+from ..session import SessionFiles, console_file, network_files, pack_console_file, read_network
 
 FILE_KINDS = (*(f.name for f in fields(SessionFiles)), "console")
-USAGE = 'usage: launcher.py done DIR NUM | table ROOT TEACHER_DIR "NAME NUM"... | file DIR I KIND...'
+USAGE = ('usage: launcher.py done DIR NUM | table ROOT TEACHER_DIR "NAME NUM"... | file DIR I KIND... | '
+         'pack-console DIR FIRST LAST')
 
 
 def _network(root, index):
@@ -57,6 +60,8 @@ def main(argv):
         print(epochs_done(args[0], int(args[1])))
     elif mode == "file" and len(args) >= 3 and set(args[2:]) <= set(FILE_KINDS):
         print("\n".join(f"{args[0]}/{network_file(int(args[1]), kind)}" for kind in args[2:]))  # DIR as given
+    elif mode == "pack-console" and len(args) == 3:
+        print(f"{args[0]}/{pack_console_file(int(args[1]), int(args[2]))}")
     elif mode == "table" and len(args) >= 3:
         rows = [(name, int(num)) for name, num in (row.split() for row in args[2:])]
         print("\n".join(best_table(args[0], args[1], rows)))

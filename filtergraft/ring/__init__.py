@@ -2,7 +2,7 @@
 a run record's `exchange`: files in <session>/exchange (one shared filesystem) or torch.distributed (the
 networks started by torchrun). Everything else asks this module, never a backend by name."""
 from ..errors import UserError
-from .dist import DistRingExchange
+from .dist import DistRingExchange, torchrun_rank  # noqa: F401 (torchrun's numbering, for packs)
 from .files import RingExchange
 
 EXCHANGES = ("file", "dist")

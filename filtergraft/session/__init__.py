@@ -6,6 +6,8 @@ back (StoredSession), for the summaries, the plots and the launch scripts.
     <dir>/<i>.log  metrics_<i>.jsonl  best_<i>.t7  last_<i>.t7      network i of a grafting session
     <dir>/<i>.out                       network i's console, written by the launchers
     <dir>/<i>.lock  (run.lock)          held while network i (a single run) runs: one process each
+    <dir>/pack_<a>-<b>.out              the console of the pack of networks a..b (--pack), by the launchers
+    <dir>/pack_<a>-<b>.commit           while that pack moves its members' last_<i>.t7.pending into place
     <dir>/exchange/net<i>_epoch<e>.t7   network i's pre-graft weights of epoch e
     <dir>/exchange/net<i>.alive|.done|.failed   its heartbeat and end markers
     <dir>/train.log  metrics.jsonl  best.pth.tar  last.pth.tar      a single run (stripe pruning)
@@ -19,7 +21,8 @@ Reading needs no torch (the launch scripts' checks start fast): the writer impor
 from .claim import AlreadyRunning, claim_run, release_run, stale_temporaries
 from .names import (CONFIG_FILE, EXCHANGE_DIR, MARKERS, PLOTS_DIR, PRUNE_LOG, PRUNE_REPORT, PRUNED_CHECKPOINT,
                     PRUNED_PROGRAM, SINGLE_RUN_FILES, SWEEP_CSV, SWEEP_PLOT, SWEEP_TABLE, TENSORBOARD_DIR, SessionFiles,
-                    console_file, exchange_dir, exchange_marker, exchange_weights, network_files, tensorboard_dir)
+                    console_file, exchange_dir, exchange_marker, exchange_weights, network_files, pack_commit,
+                    pack_console_file, pending, tensorboard_dir)
 from .reader import (NOT_SESSIONS, SEARCH_DEPTH, NotASession, StoredNetwork, StoredSession, find_sessions,
                      is_session, network_indices, read_failure, read_jsonl, read_network, read_object, read_record,
                      read_session)

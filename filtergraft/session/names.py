@@ -59,3 +59,19 @@ def exchange_marker(directory, index, kind):
     """Network `index`'s marker of `kind` (alive, done or failed) inside the exchange directory."""
     assert kind in MARKERS, kind
     return Path(directory) / f"net{index}.{kind}"
+
+
+def pack_commit(root, first, last):
+    """The marker a pack of networks first..last leaves while it moves its members' new last checkpoints
+    into place: present, the epoch's checkpoints are all written and a resume finishes moving them."""
+    return Path(root) / f"pack_{first}-{last}.commit"
+
+
+def pending(path):
+    """Where a pack writes a member's checkpoint `path` before the pack's commit moves it into place."""
+    return Path(f"{path}.pending")
+
+
+def pack_console_file(first, last):
+    """Where a launcher sends the console of the pack of networks first..last."""
+    return f"pack_{first}-{last}.out"

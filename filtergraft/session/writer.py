@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
-from ..logs import close_logger, run_logger
+from ..logs import close_logger, label_console, run_logger
 from ..record import RunRecord
 from .names import CONFIG_FILE
 from .reader import read_jsonl, read_object
@@ -66,6 +66,10 @@ class Session:
     def log(self, message, console=True):
         """One timestamped line in the log file and, unless told otherwise, on the console."""
         self._logger.info(message, extra={"console": console})
+
+    def label_console(self, label):
+        """Begin this run's console lines with `label` (its log file is its own and needs none)."""
+        label_console(self._logger, label)
 
     def close(self):
         close_logger(self._logger)
