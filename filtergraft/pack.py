@@ -29,7 +29,7 @@ from .errors import UserError
 from .ring import open_ring, torchrun_rank, uses_ring
 from .rng import rng_state, set_rng_state
 from .runner import GraftHook, _reason, graft_line, log_failure, run_network
-from .session import exchange_dir, exchange_marker, exchange_weights, network_files, pack_commit, pending
+from .session import exchange_dir, exchange_weights, network_files, pack_commit, pending
 
 
 def contiguous_share(num, parts, part):
@@ -341,8 +341,6 @@ def run_pack(record, build):
         for member_record in records:
             members.append(Member(member_record, build(member_record)))
             members[-1].session.label_console(f"[{member_record.index}] ")
-            # a failure of an earlier run of this member is no longer news (RingExchange.start does the same)
-            exchange_marker(exchange_dir(record.session_dir), member_record.index, "failed").unlink(missing_ok=True)
         outers, offered = _connect(members, record)
         span = f"{record.pack[0]}..{record.pack[-1]}" if len(record.pack) > 1 else f"{record.pack[0]}"
         threaded = in_threads(members)
