@@ -1,9 +1,10 @@
 # Two commands: `make demo` and `make test`. Each creates .venv from requirements.txt on first use.
+# `make study [STAGES="grafting plus"]`: the study on digits (scripts/study/run.sh; about 90 min on 2 cores).
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install
+.PHONY: demo test study install
 
 install: $(STAMP)
 
@@ -18,3 +19,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+study: $(STAMP)
+	PYTHON=$(abspath $(PY)) bash scripts/study/run.sh $(STAGES)

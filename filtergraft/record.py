@@ -22,7 +22,8 @@ RING_SCRIPTS = SCRIPTS[:3]  # one network of a grafting session each
 # it, must agree on them. The others (epochs, learning rate, workers, speed flags, the environment) may
 # change between a run and its resume.
 IDENTITY = ("script", "arch", "dataset", "num_classes", "num", "level", "criterion", "entropy_bins", "conv_only",
-            "source", "difflr", "cos", "teachers", "T", "sr", "threshold", "freeze_weights")
+            "source", "difflr", "cos", "teachers", "T", "sr", "threshold", "freeze_weights",
+            "freeze_skeleton")
 
 # Spellings that sessions written before the run record used, and the field each stands for.
 LEGACY_NAMES = {"model": "arch", "cifar": "num_classes", "s": "session_dir", "save": "session_dir",
@@ -80,6 +81,7 @@ class RunRecord:
     sr: float = None
     threshold: float = None
     freeze_weights: bool = None
+    freeze_skeleton: bool = None
     # ImageNet-style data and models
     crop_size: int = None
     resize_size: int = None

@@ -233,6 +233,19 @@ launch_torchrun() {
     return $status
 }
 
+# train_session SCRIPT NUM SESSION_DIR EPOCHS [FLAGS...]: launch_session with --epochs EPOCHS, unless every
+# network has trained them already (kept); with --resume when a network finished an epoch before.
+train_session() {
+    local script=$1 num=$2 dir=$3 epochs=$4 state
+    shift 4
+    state=$("$PYTHON" -m filtergraft.results.launcher state "$dir" "$num" "$epochs") || return 1
+    case $state in
+        done) echo "$dir: already trained for $epochs epochs, kept"; return 0 ;;
+        resume) echo "$dir: cut short, resuming"; set -- --resume "$@" ;;
+    esac
+    launch_session "$script" "$num" "$dir" --epochs "$epochs" "$@"
+}
+
 # launch_session SCRIPT NUM SESSION_DIR [FLAGS...]: launch_packs when PACK=1, else launch_ring.
 launch_session() {
     if [ "${PACK:-0}" = 1 ]; then launch_packs "$@"; else launch_ring "$@"; fi

@@ -25,7 +25,8 @@ from filtergraft.runner import running_network
 from filtergraft.session import SINGLE_RUN_FILES
 from filtergraft.stripe import update_skeleton
 from filtergraft.stripe.job import stripe_datasets
-from filtergraft.stripe.report import PruneData, freeze_conv_weights, kept_stripes, prune_and_report, prune_checkpoint
+from filtergraft.stripe.report import (PruneData, freeze_conv_weights, freeze_skeletons, kept_stripes,
+                                       prune_and_report, prune_checkpoint)
 from filtergraft.stripe.tuning import release_milestones
 
 # The release's training defaults.
@@ -51,6 +52,9 @@ def build_parser():
     parser.add_argument("--freeze-weights", action="store_true",
                         help="shape only: conv weights stay at their random initialisation; the skeleton, "
                              "BatchNorm and classifier train")
+    parser.add_argument("--freeze-skeleton", action="store_true",
+                        help="the Filter Skeleton stays at its initial ones; with --freeze-weights, the control "
+                             "of the shape-only run: only BatchNorm and the classifier train")
     parser.add_argument("--crop-size", type=cli.positive(int), default=224, help="imagefolder: training crop")
     parser.add_argument("--resize-size", type=cli.positive(int), default=256, help="imagefolder: eval resize")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
@@ -71,10 +75,14 @@ def stripe_record(args):
     if record.evaluate is not None:
         trained = [flag for flag, on in (("--sr", record.sr is not None), ("--resume", record.resume),
                                          ("--freeze-weights", record.freeze_weights),
+                                         ("--freeze-skeleton", record.freeze_skeleton),
                                          ("--tensorboard", record.tensorboard)) if on]
         if trained:
             raise UserError(f"--evaluate trains nothing: drop {' and '.join(trained)} (--threshold alone "
                             "sets what is pruned)")
+    elif record.freeze_skeleton and record.sr is not None:
+        raise UserError("--freeze-skeleton keeps the skeleton at 1, where --sr cannot prune it: drop --sr and "
+                        "--threshold, or --freeze-skeleton")
     elif (record.sr is None) != (record.threshold is None):
         raise UserError("--sr and --threshold go together: give both to prune, neither for the baseline")
     if (record.sr or 0) < 0 or (record.threshold or 0) < 0:
@@ -101,6 +109,8 @@ def train_and_prune(record):
         model = create_model(record.arch, num_classes, kind="stripe")
         if record.freeze_weights:
             freeze_conv_weights(model)
+        if record.freeze_skeleton:
+            freeze_skeletons(model)
         return model
 
     after_backward = None if record.sr is None else functools.partial(
@@ -108,7 +118,9 @@ def train_and_prune(record):
     method = "baseline" if record.sr is None else f"sr {record.sr:g}, threshold {record.threshold:g}"
     trainer = build_trainer(record, datasets=lambda: stripe_datasets(record), build_model=build_model,
                             files=SINGLE_RUN_FILES, seed=record.seed, after_backward=after_backward,
-                            describe=method + (", conv weights frozen" if record.freeze_weights else ""))
+                            describe=method + "".join(note for note, on in (
+                                (", conv weights frozen", record.freeze_weights),
+                                (", skeleton frozen", record.freeze_skeleton)) if on))
     session = trainer.session
     # Recorded in best.pth.tar, so that prune.py knows the threshold the skeleton was trained at.
     trainer.meta.update(sr=record.sr, threshold=record.threshold)

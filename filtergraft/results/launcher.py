@@ -3,6 +3,10 @@ no torch, so that each call starts in well under a second):
 
     python -m filtergraft.results.launcher done DIR NUM
         the fewest epochs any of the NUM networks of session DIR has finished (0: none yet, or no DIR)
+    python -m filtergraft.results.launcher state DIR NUM EPOCHS
+        what a launcher does with session DIR of NUM networks trained for EPOCHS: "done" (every network
+        trained them; a stripe-pruning run also pruned), "resume" (cut short: a network finished an epoch)
+        or "new" (no epoch finished yet)
     python -m filtergraft.results.launcher table ROOT TEACHER_DIR "NAME NUM"...
         grafting+.sh's table: the best test accuracy of the teacher (network 1 of session TEACHER_DIR), then
         of every network of each row (session ROOT/NAME, NUM networks) and the row's mean
@@ -18,10 +22,11 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ..session import SessionFiles, console_file, network_files, pack_console_file, read_network
+from ..session import (PRUNE_REPORT, SINGLE_RUN_FILES, SessionFiles, console_file, network_files,
+                       pack_console_file, read_network)
 
 FILE_KINDS = (*(f.name for f in fields(SessionFiles)), "console")
-USAGE = ('usage: launcher.py done DIR NUM | table ROOT TEACHER_DIR "NAME NUM"... | file DIR I KIND... | '
+USAGE = ('usage: launcher.py done DIR NUM | state DIR NUM EPOCHS | table ROOT TEACHER_DIR "NAME NUM"... | file DIR I KIND... | '
          'pack-console DIR FIRST LAST')
 
 
@@ -37,6 +42,19 @@ def network_file(index, kind):
 def epochs_done(root, num):
     """The fewest epochs any of the `num` networks of session `root` has finished."""
     return min(_network(root, i).epochs for i in range(1, num + 1))
+
+
+def session_state(root, num, epochs):
+    """"done", "resume" or "new": session `root` of `num` networks to be trained for `epochs` (a single
+    stripe-pruning run, told by its files, is done once pruned, and resumes from its last checkpoint)."""
+    root = Path(root)
+    if (root / SINGLE_RUN_FILES.metrics).is_file() or (root / PRUNE_REPORT).is_file():
+        if (root / PRUNE_REPORT).is_file():
+            return "done"
+        return "resume" if (root / SINGLE_RUN_FILES.last).is_file() else "new"
+    trained = [_network(root, i).epochs for i in range(1, num + 1)]
+    # One network past an epoch is enough to resume: the others then start at epoch 1 (assembly).
+    return "done" if min(trained) >= epochs else "resume" if max(trained) > 0 else "new"
 
 
 def best_table(root, teacher_root, rows):
@@ -58,6 +76,8 @@ def main(argv):
     mode, args = (argv[0], argv[1:]) if argv else (None, [])
     if mode == "done" and len(args) == 2:
         print(epochs_done(args[0], int(args[1])))
+    elif mode == "state" and len(args) == 3:
+        print(session_state(args[0], int(args[1]), int(args[2])))
     elif mode == "file" and len(args) >= 3 and set(args[2:]) <= set(FILE_KINDS):
         print("\n".join(f"{args[0]}/{network_file(int(args[1]), kind)}" for kind in args[2:]))  # DIR as given
     elif mode == "pack-console" and len(args) == 3:

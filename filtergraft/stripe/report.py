@@ -63,6 +63,13 @@ def freeze_conv_weights(model):
             module.weight.requires_grad_(False)
 
 
+def freeze_skeletons(model):
+    """No gradient for the Filter Skeletons: they stay at their initial ones (the shape-only run's control)."""
+    for module in model.modules():
+        if isinstance(module, FilterStripe):
+            module.FilterSkeleton.requires_grad_(False)
+
+
 def kept_stripes(model, threshold, epoch):
     """End-of-epoch metrics: the share of prunable skeleton entries that pruning would keep (|FS| > threshold),
     over the network (stripes_kept) and in each FilterStripe layer (stripes_kept_layers: {module name: share})."""
