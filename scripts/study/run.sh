@@ -55,8 +55,8 @@ check_count SEEDS "$SEEDS" || exit 2
 check_count EPOCHS "$EPOCHS" || exit 2
 check_count STRIPE_EPOCHS "$STRIPE_EPOCHS" || exit 2
 check_count LANES "$LANES" || exit 2
-# The paper's step schedule, ×0.1 every 60 of 200 epochs, at the same fractions of EPOCHS.
-LR_STEP=$(( EPOCHS * 60 / 200 ))
+# The paper's step schedule, ×0.1 every 60 of 200 epochs, at the same fractions of EPOCHS (rounded).
+LR_STEP=$(( (EPOCHS * 60 + 100) / 200 ))
 [ "$LR_STEP" -ge 1 ] || LR_STEP=1
 study() {
     "$PYTHON" -m filtergraft.results.study "$@"
