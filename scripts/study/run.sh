@@ -76,7 +76,7 @@ reap() {
     local pid="" rc name
     wait -n -p pid "${!JOB_OF[@]}"
     rc=$?
-    [ -n "$pid" ] || return 0  # a signal broke off the wait
+    [ -n "${pid:-}" ] || return 0  # a signal broke off the wait (and may leave pid unset)
     name=${JOB_OF[$pid]}
     USED=$((USED - COST_OF[$pid]))
     unset "JOB_OF[$pid]" "COST_OF[$pid]"
