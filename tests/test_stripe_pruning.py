@@ -59,9 +59,13 @@ def test_exported_network_runs_without_this_project(pruned_run):
     assert result.stdout.split() == ["(1,", "10)", "(5,", "10)"]
 
 
-def test_freeze_weights_keeps_conv_weights_byte_identical(tmp_path):
+@pytest.mark.parametrize("control", [False, True], ids=["skeleton-learns", "control"])
+def test_freeze_weights_keeps_conv_weights_byte_identical(tmp_path, control):
+    """--freeze-weights: the conv weights stay at their initialisation, the skeleton learns; with
+    --freeze-skeleton (the shape-only control) the skeleton stays at its ones and only BatchNorm learns."""
+    flags = ("--freeze-skeleton",) if control else ()
     result = run_script(SCRIPT, "--arch", "ResNet56", "--dataset", "fake", "--epochs", 1, "--batch-size", 128,
-                        "--freeze-weights", "--workers", 0, "--seed", 5, "--save", tmp_path, timeout=600)
+                        "--freeze-weights", *flags, "--workers", 0, "--seed", 5, "--save", tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     seed_everything(5)
     initial = StripeResNet56(num_classes=10).state_dict()
@@ -70,19 +74,22 @@ def test_freeze_weights_keeps_conv_weights_byte_identical(tmp_path):
     assert convs
     for name in convs:
         assert torch.equal(trained[f"{name}.weight"], initial[f"{name}.weight"]), name
-        assert not torch.equal(trained[f"{name}.FilterSkeleton"], initial[f"{name}.FilterSkeleton"]), name
+        skeleton = trained[f"{name}.FilterSkeleton"]
+        assert torch.equal(skeleton, initial[f"{name}.FilterSkeleton"]) == control, name
+    assert not torch.equal(trained["bn1.weight"], initial["bn1.weight"])
 
 
 BAD = [(("--sr", "1e-5"), "--sr and --threshold go together"),
        (("--threshold", "0.01"), "--sr and --threshold go together"),
        (("--sr", "-1", "--threshold", "0.01"), "must be non-negative"),
+       (("--freeze-skeleton", "--sr", "1e-5", "--threshold", "0.01"), "--freeze-skeleton keeps the skeleton at 1"),
        (("--arch", "ResNet50"), "invalid choice: 'ResNet50'"),
        # library errors name this script's flags, not the CIFAR script's --cifar and --data
        (("--num_classes", "20"), "--num_classes must be 10 or 100, not 20"),
        (("--dataset", "imagefolder", "--data_path", "/missing"), "--data_path /missing is not a directory")]
 
 
-@pytest.mark.parametrize("flags,message", BAD, ids=["sr-alone", "threshold-alone", "negative", "arch", "classes",
+@pytest.mark.parametrize("flags,message", BAD, ids=["sr-alone", "threshold-alone", "negative", "frozen-skeleton-sr", "arch", "classes",
                                                    "data-path"])
 def test_bad_input_is_one_clear_line(tmp_path, flags, message):
     result = run_script(SCRIPT, "--dataset", "fake", "--epochs", 1, "--save", tmp_path / "s", *flags)

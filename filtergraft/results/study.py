@@ -136,7 +136,7 @@ def invalid_filters(by_method, problems):
     """Thresholds at PERCENTILES of the baseline's pooled filter L1 norms (best checkpoints, every seed), and
     per method the count of filters under each (mean over a session's networks) per seed."""
     norms = {key: {seed: [filter_norms(n.best_path)[0] for n in s.networks if n.best_path]
-                   for seed, s in sessions.items()} for key, sessions in by_method.items()}
+                   for seed, s in sessions.items()} for key, sessions in by_method.items() if sessions}
     pooled = [a for arrays in norms["baseline"].values() for a in arrays]
     if not pooled:
         problems.append("invalid filters: no baseline checkpoint")
