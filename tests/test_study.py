@@ -15,7 +15,7 @@ from helpers import REPO, one_error_line, run_shell, script_env
 
 T_975_DF1 = 12.706204736174698  # Student's t quantile 0.975 at 1 degree of freedom (2 seeds)
 # Each code path once: one- and two-network sessions, both references, two grafting+ rows, one --sr.
-TINY = dict(SEEDS=2, EPOCHS=1, MODEL="resnet20", TEACHER="resnet20", STRIPE_ARCHS="ResNet56", SRS="0.01",
+TINY = dict(SEEDS=2, EPOCHS=1, MODEL="resnet20", TEACHER="resnet20", TEACHER_EPOCHS=1, STRIPE_ARCHS="ResNet56", SRS="0.01",
             THRESHOLD="0.05", SHAPE_ARCH="ResNet56", GRAFTING_RUNS="baseline baseline_cos dlr",
             PLUS_ROWS="baseline grafting+")
 SEEDS = (1, 2)

@@ -9,7 +9,8 @@
 # stripe (--sr values for each of STRIPE_ARCHS, and their baseline), shape (--freeze-weights against the
 # control that freezes the skeleton as well).
 # Environment: STUDY (runs/study), SEEDS (5: seeds 1..SEEDS), EPOCHS (6), STRIPE_EPOCHS (EPOCHS), MODEL
-# (resnet20: the grafting networks and the grafting+ students), TEACHER (resnet56), STRIPE_ARCHS ("VGG
+# (resnet20: the grafting networks and the grafting+ students), TEACHER (resnet32), TEACHER_EPOCHS (3 ×
+# EPOCHS: a teacher worth learning from; deeper ones do not train in so few steps on digits), STRIPE_ARCHS ("VGG
 # ResNet56"), SRS ("0.003 0.006 0.012"), THRESHOLD (0.05), STRIPE_BATCH (32: the stripe runs' batch, so that
 # their skeletons take enough steps in few epochs), SHAPE_ARCH (ResNet56), LANES (nproc: networks
 # trained at once, one process each), THREADS (1: OMP threads per network); GRAFTING_RUNS ("baseline
@@ -24,7 +25,8 @@ SEEDS=${SEEDS:-5}
 EPOCHS=${EPOCHS:-6}
 STRIPE_EPOCHS=${STRIPE_EPOCHS:-$EPOCHS}
 MODEL=${MODEL:-resnet20}
-TEACHER=${TEACHER:-resnet56}
+TEACHER=${TEACHER:-resnet32}
+TEACHER_EPOCHS=${TEACHER_EPOCHS:-$((3 * EPOCHS))}
 STRIPE_ARCHS=${STRIPE_ARCHS:-VGG ResNet56}
 SRS=${SRS:-0.003 0.006 0.012}
 THRESHOLD=${THRESHOLD:-0.05}
@@ -53,6 +55,7 @@ for row in $PLUS_ROWS; do
 done
 check_count SEEDS "$SEEDS" || exit 2
 check_count EPOCHS "$EPOCHS" || exit 2
+check_count TEACHER_EPOCHS "$TEACHER_EPOCHS" || exit 2
 check_count STRIPE_EPOCHS "$STRIPE_EPOCHS" || exit 2
 check_count LANES "$LANES" || exit 2
 # The paper's step schedule, ×0.1 every 60 of 200 epochs, at the same fractions of EPOCHS (rounded).
@@ -62,7 +65,7 @@ study() {
     "$PYTHON" -m filtergraft.results.study "$@"
 }
 study settings "$STUDY" seeds="$SEEDS" epochs="$EPOCHS" stripe_epochs="$STRIPE_EPOCHS" model="$MODEL" \
-    teacher="$TEACHER" stripe_archs="$STRIPE_ARCHS" srs="$SRS" threshold="$THRESHOLD" shape_arch="$SHAPE_ARCH" \
+    teacher="$TEACHER" teacher_epochs="$TEACHER_EPOCHS" stripe_archs="$STRIPE_ARCHS" srs="$SRS" threshold="$THRESHOLD" shape_arch="$SHAPE_ARCH" \
     stripe_batch="$STRIPE_BATCH" lr_step="$LR_STEP" || exit 2
 LOGS=$STUDY/logs
 mkdir -p "$LOGS" || exit 1
@@ -82,7 +85,7 @@ reap() {
     unset "JOB_OF[$pid]" "COST_OF[$pid]"
     STATUS[$name]=$rc
     if [ "$rc" -eq 0 ]; then
-        echo "== $name: done"
+        echo "== $name: done ($(date +%T))"
     else
         echo "== $name failed (exit $rc): see $LOGS/$name.out" >&2
         FAILED+=("$name")
@@ -96,7 +99,7 @@ job() {
     [ "$cost" -le "$LANES" ] || cost=$LANES
     while [ -z "$STOPPED" ] && [ $((USED + cost)) -gt "$LANES" ]; do reap; done
     [ -z "$STOPPED" ] || return 0
-    echo "== $name: started (log $LOGS/$name.out)"
+    echo "== $name: started $(date +%T) (log $LOGS/$name.out)"
     "$@" >"$LOGS/$name.out" 2>&1 &
     JOB_OF[$!]=$name
     COST_OF[$!]=$cost
@@ -164,7 +167,7 @@ GRAFT=(--dataset digits --model "$MODEL" --workers 0 --print_frequence 1000)
 CIFAR_SCRIPT=$REPO_ROOT/grafting_cifar/grafting.py
 TEACHER_S=$STUDY/plus/teacher
 if wants plus; then  # first: the grafting+ rows wait for it
-    session teacher 1 "$CIFAR_SCRIPT" "$TEACHER_S" "$EPOCHS" --dataset digits --model "$TEACHER" --cos \
+    session teacher 1 "$CIFAR_SCRIPT" "$TEACHER_S" "$TEACHER_EPOCHS" --dataset digits --model "$TEACHER" --cos \
         --seed 0 --workers 0 --print_frequence 1000
 fi
 if wants grafting invalid; then
@@ -189,7 +192,7 @@ if wants plus; then
                 case $row in grafting|grafting+) students=2 ;; esac
                 trained "plus_${row}_s$seed" "$STUDY/plus/seed$seed/$row" "$students" "$EPOCHS" && continue
                 job "plus_${row}_s$seed" "$students" env ROW_NAMES="$row" TEACHER="$TEACHER" STUDENT="$MODEL" \
-                    CIFAR=10 DATASET=digits EPOCHS="$EPOCHS" WORKERS=0 S="$STUDY/plus/seed$seed" \
+                    CIFAR=10 DATASET=digits EPOCHS="$EPOCHS" TEACHER_EPOCHS="$TEACHER_EPOCHS" WORKERS=0 S="$STUDY/plus/seed$seed" \
                     TEACHER_S="$TEACHER_S" bash "$REPO_ROOT/grafting_plus/grafting+.sh" --seed "$seed" \
                     --lr-step "$LR_STEP" --print_frequence 1000
             done
