@@ -8,14 +8,18 @@
 # the grafting stage's networks: trains that stage), plus (a teacher, then the grafting+ table's four rows),
 # stripe (--sr values for each of STRIPE_ARCHS, and their baseline), shape (--freeze-weights against the
 # control that freezes the skeleton as well).
-# Environment: STUDY (runs/study), SEEDS (5: seeds 1..SEEDS), EPOCHS (5), STRIPE_EPOCHS (EPOCHS), MODEL
-# (resnet20: the grafting networks and the grafting+ students), TEACHER (resnet20), TEACHER_EPOCHS (3 ×
-# EPOCHS: a teacher worth learning from; at lr 0.1 a ResNet32 or ResNet56 stays under 25 % for 15 epochs on
-# digits, so the miniature's teacher is the students' architecture trained three times as long), STRIPE_ARCHS ("VGG
-# ResNet56"), SRS ("0.004 0.008 0.016"), THRESHOLD (0.05), BATCH (32: every run's batch, so that 1,437 training
-# images make 45 steps an epoch; at the release's 128 six epochs give 23-93 % top-1 by seed), SHAPE_ARCH (ResNet56), LANES (nproc: networks
-# trained at once, one process each), THREADS (1: OMP threads per network); GRAFTING_RUNS ("baseline
-# baseline_cos slr dlr n3") and PLUS_ROWS ("baseline grafting distillation grafting+") select sessions.
+# Environment: STUDY (runs/study), SEEDS (5: seeds 1..SEEDS), LANES (nproc: networks trained at once, one
+# process each), THREADS (1: OMP threads per network).
+#   grafting and grafting+: EPOCHS (5), MODEL (resnet20: the grafting networks and the students), BATCH (32,
+#   so that the 1,437 training images make 45 steps an epoch; at the release's 128, six epochs gave 23-93 %
+#   top-1 by seed), TEACHER (resnet20) and TEACHER_EPOCHS (3 × EPOCHS: at lr 0.1 a ResNet32 or ResNet56
+#   stays under 25 % for 15 epochs on digits, so the teacher is the students' architecture trained three
+#   times as long); GRAFTING_RUNS ("baseline baseline_cos slr dlr n3") and PLUS_ROWS ("baseline grafting
+#   distillation grafting+") select sessions.
+#   stripe and shape: STRIPE_ARCHS ("VGG ResNet56"), SRS ("0.002 0.004 0.008"), THRESHOLD (0.05), SHAPE_ARCH
+#   (ResNet56), STRIPE_EPOCHS (20), STRIPE_BATCH (64) and STRIPE_LR (0.1, the release's): a ResNet56 skeleton
+#   trained 5 epochs at batch 16 or 32 reached 64-77 % and pruned nothing; 20 epochs at --sr 0.004
+#   --threshold 0.05 reached 94.7 % with −27 % FLOPs.
 # A rerun continues: finished sessions are kept, sessions cut short resume; STUDY records its settings and
 # refuses other ones. Every job's console is in STUDY/logs/<job>.out. Exit non-zero when a job failed.
 set -u
@@ -24,14 +28,16 @@ export PYTHON
 STUDY=${STUDY:-runs/study}
 SEEDS=${SEEDS:-5}
 EPOCHS=${EPOCHS:-5}
-STRIPE_EPOCHS=${STRIPE_EPOCHS:-$EPOCHS}
+STRIPE_EPOCHS=${STRIPE_EPOCHS:-20}
 MODEL=${MODEL:-resnet20}
 TEACHER=${TEACHER:-resnet20}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-$((3 * EPOCHS))}
 STRIPE_ARCHS=${STRIPE_ARCHS:-VGG ResNet56}
-SRS=${SRS:-0.004 0.008 0.016}
+SRS=${SRS:-0.002 0.004 0.008}
 THRESHOLD=${THRESHOLD:-0.05}
 BATCH=${BATCH:-32}
+STRIPE_BATCH=${STRIPE_BATCH:-64}
+STRIPE_LR=${STRIPE_LR:-0.1}
 SHAPE_ARCH=${SHAPE_ARCH:-ResNet56}
 GRAFTING_RUNS=${GRAFTING_RUNS:-baseline baseline_cos slr dlr n3}
 PLUS_ROWS=${PLUS_ROWS:-baseline grafting distillation grafting+}
@@ -67,7 +73,7 @@ study() {
 }
 study settings "$STUDY" seeds="$SEEDS" epochs="$EPOCHS" stripe_epochs="$STRIPE_EPOCHS" model="$MODEL" \
     teacher="$TEACHER" teacher_epochs="$TEACHER_EPOCHS" stripe_archs="$STRIPE_ARCHS" srs="$SRS" threshold="$THRESHOLD" shape_arch="$SHAPE_ARCH" \
-    batch="$BATCH" lr_step="$LR_STEP" || exit 2
+    batch="$BATCH" stripe_batch="$STRIPE_BATCH" stripe_lr="$STRIPE_LR" lr_step="$LR_STEP" || exit 2
 LOGS=$STUDY/logs
 mkdir -p "$LOGS" || exit 1
 
@@ -93,24 +99,49 @@ reap() {
     fi
 }
 
-# job NAME COST COMMAND...: run COMMAND in the background once COST lanes are free.
+# job NAME COST AFTER COMMAND...: queue COMMAND, to run in the background on COST lanes once job AFTER (if
+# not empty) has ended well. run_queue starts the first queued job that fits in the free lanes, so that a
+# job of one network fills the lane a two-network job cannot use yet.
+QUEUE=()
 job() {
-    local name=$1 cost=$2
-    shift 2
+    local name=$1 cost=$2 after=$3
+    shift 3
     [ "$cost" -le "$LANES" ] || cost=$LANES
-    while [ -z "$STOPPED" ] && [ $((USED + cost)) -gt "$LANES" ]; do reap; done
-    [ -z "$STOPPED" ] || return 0
-    echo "== $name: started $(date +%T) (log $LOGS/$name.out)"
-    "$@" >"$LOGS/$name.out" 2>&1 &
-    JOB_OF[$!]=$name
-    COST_OF[$!]=$cost
-    USED=$((USED + cost))
+    QUEUE+=("$name"$'\t'"$cost"$'\t'"$after"$'\t'"$(printf '%q ' "$@")")
 }
 
-# after NAME: wait until job NAME has ended; its exit status.
-after() {
-    while [ -z "${STATUS[$1]+set}" ] && [ ${#JOB_OF[@]} -gt 0 ]; do reap; done
-    return "${STATUS[$1]:-1}"
+run_queue() {
+    local i picked name cost after command
+    while [ ${#QUEUE[@]} -gt 0 ] && [ -z "$STOPPED" ]; do
+        picked=""
+        for i in "${!QUEUE[@]}"; do
+            IFS=$'\t' read -r name cost after command <<< "${QUEUE[$i]}"
+            if [ -n "$after" ] && [ "${STATUS[$after]:-running}" != 0 ]; then
+                [ -n "${STATUS[$after]+set}" ] || continue  # still to run
+                echo "== $name: not run, $after failed" >&2
+                FAILED+=("$name")
+                unset "QUEUE[$i]"
+                continue
+            fi
+            [ $((USED + cost)) -le "$LANES" ] && picked=$i && break
+        done
+        if [ -n "$picked" ]; then
+            IFS=$'\t' read -r name cost after command <<< "${QUEUE[$picked]}"
+            unset "QUEUE[$picked]"
+            echo "== $name: started $(date +%T) (log $LOGS/$name.out)"
+            eval "$command" >"$LOGS/$name.out" 2>&1 &
+            JOB_OF[$!]=$name
+            COST_OF[$!]=$cost
+            USED=$((USED + cost))
+        elif [ ${#JOB_OF[@]} -gt 0 ]; then
+            reap
+        elif [ ${#QUEUE[@]} -gt 0 ]; then
+            echo "study: queued jobs wait on a job that never ran: ${QUEUE[*]%%$'\t'*}" >&2
+            FAILED+=(queue)
+            return 1
+        fi
+    done
+    while [ ${#JOB_OF[@]} -gt 0 ]; do reap; done
 }
 
 # trained NAME DIR NUM EPOCHS: whether session DIR (NUM networks) has trained EPOCHS epochs (a stripe run:
@@ -133,7 +164,7 @@ session() {
     local name=$1 num=$2 script=$3 dir=$4 epochs=$5
     shift 5
     trained "$name" "$dir" "$num" "$epochs" && return 0
-    job "$name" "$num" env NUM="$num" bash -c 'source "$0"; train_session "$@"' "$REPO_ROOT/scripts/launch_lib.sh" \
+    job "$name" "$num" "" env NUM="$num" bash -c 'source "$0"; train_session "$@"' "$REPO_ROOT/scripts/launch_lib.sh" \
         "$script" "$num" "$dir" "$epochs" "$@"
 }
 
@@ -143,8 +174,8 @@ stripe() {
     shift 2
     trained "$name" "$dir" 1 "$STRIPE_EPOCHS" && return 0
     [ -n "$CUT_SHORT" ] && resume=(--resume)
-    job "$name" 1 "$PYTHON" "$REPO_ROOT/stripe_pruning/main.py" --dataset digits --epochs "$STRIPE_EPOCHS" \
-        -b "$BATCH" --workers 0 -p 1000 --save "$dir" "${resume[@]}" "$@"
+    job "$name" 1 "" "$PYTHON" "$REPO_ROOT/stripe_pruning/main.py" --dataset digits --epochs "$STRIPE_EPOCHS" \
+        -b "$STRIPE_BATCH" --lr "$STRIPE_LR" --workers 0 -p 1000 --save "$dir" "${resume[@]}" "$@"
 }
 
 stop_jobs() {  # a signal: the launchers stop their networks on SIGTERM
@@ -186,21 +217,17 @@ if wants grafting invalid; then
     done
 fi
 if wants plus; then
-    if after teacher; then
-        for seed in $(seq 1 "$SEEDS"); do
-            for row in $PLUS_ROWS; do
-                students=1
-                case $row in grafting|grafting+) students=2 ;; esac
-                trained "plus_${row}_s$seed" "$STUDY/plus/seed$seed/$row" "$students" "$EPOCHS" && continue
-                job "plus_${row}_s$seed" "$students" env ROW_NAMES="$row" TEACHER="$TEACHER" STUDENT="$MODEL" \
-                    CIFAR=10 DATASET=digits EPOCHS="$EPOCHS" TEACHER_EPOCHS="$TEACHER_EPOCHS" WORKERS=0 S="$STUDY/plus/seed$seed" \
-                    TEACHER_S="$TEACHER_S" bash "$REPO_ROOT/grafting_plus/grafting+.sh" --seed "$seed" \
-                    -b "$BATCH" --lr-step "$LR_STEP" --print_frequence 1000
-            done
+    for seed in $(seq 1 "$SEEDS"); do
+        for row in $PLUS_ROWS; do
+            students=1
+            case $row in grafting|grafting+) students=2 ;; esac
+            trained "plus_${row}_s$seed" "$STUDY/plus/seed$seed/$row" "$students" "$EPOCHS" && continue
+            job "plus_${row}_s$seed" "$students" teacher env ROW_NAMES="$row" TEACHER="$TEACHER" STUDENT="$MODEL" \
+                CIFAR=10 DATASET=digits EPOCHS="$EPOCHS" TEACHER_EPOCHS="$TEACHER_EPOCHS" WORKERS=0 \
+                S="$STUDY/plus/seed$seed" TEACHER_S="$TEACHER_S" bash "$REPO_ROOT/grafting_plus/grafting+.sh" \
+                --seed "$seed" -b "$BATCH" --lr-step "$LR_STEP" --print_frequence 1000
         done
-    elif [ -z "$STOPPED" ]; then
-        echo "== no teacher: the grafting+ rows are not run (see $LOGS/teacher.out)" >&2
-    fi
+    done
 fi
 if wants stripe; then
     for arch in $STRIPE_ARCHS; do
@@ -220,7 +247,7 @@ if wants shape; then
         stripe "shape_control_s$seed" "$dir/control" --arch "$SHAPE_ARCH" --seed "$seed" --freeze-weights --freeze-skeleton
     done
 fi
-while [ ${#JOB_OF[@]} -gt 0 ]; do reap; done
+run_queue
 trap - INT TERM
 end=$(date +%s)
 study wall "$STUDY" "$start" "$end" "${STAGES[*]}" "${#FAILED[@]}"
