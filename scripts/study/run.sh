@@ -107,7 +107,7 @@ job() {
     local name=$1 cost=$2 after=$3
     shift 3
     [ "$cost" -le "$LANES" ] || cost=$LANES
-    QUEUE+=("$name"$'\t'"$cost"$'\t'"$after"$'\t'"$(printf '%q ' "$@")")
+    QUEUE+=("$name"$'\x1f'"$cost"$'\x1f'"$after"$'\x1f'"$(printf '%q ' "$@")")
 }
 
 run_queue() {
@@ -115,7 +115,7 @@ run_queue() {
     while [ ${#QUEUE[@]} -gt 0 ] && [ -z "$STOPPED" ]; do
         picked=""
         for i in "${!QUEUE[@]}"; do
-            IFS=$'\t' read -r name cost after command <<< "${QUEUE[$i]}"
+            IFS=$'\x1f' read -r name cost after command <<< "${QUEUE[$i]}"
             if [ -n "$after" ] && [ "${STATUS[$after]:-running}" != 0 ]; then
                 [ -n "${STATUS[$after]+set}" ] || continue  # still to run
                 echo "== $name: not run, $after failed" >&2
@@ -126,7 +126,7 @@ run_queue() {
             [ $((USED + cost)) -le "$LANES" ] && picked=$i && break
         done
         if [ -n "$picked" ]; then
-            IFS=$'\t' read -r name cost after command <<< "${QUEUE[$picked]}"
+            IFS=$'\x1f' read -r name cost after command <<< "${QUEUE[$picked]}"
             unset "QUEUE[$picked]"
             echo "== $name: started $(date +%T) (log $LOGS/$name.out)"
             eval "$command" >"$LOGS/$name.out" 2>&1 &
@@ -136,7 +136,7 @@ run_queue() {
         elif [ ${#JOB_OF[@]} -gt 0 ]; then
             reap
         elif [ ${#QUEUE[@]} -gt 0 ]; then
-            echo "study: queued jobs wait on a job that never ran: ${QUEUE[*]%%$'\t'*}" >&2
+            echo "study: queued jobs wait on a job that never ran: ${QUEUE[*]%%$'\x1f'*}" >&2
             FAILED+=(queue)
             return 1
         fi
