@@ -15,7 +15,8 @@ from helpers import REPO, one_error_line, run_shell, script_env
 
 T_975_DF1 = 12.706204736174698  # Student's t quantile 0.975 at 1 degree of freedom (2 seeds)
 # Each code path once: one- and two-network sessions, both references, two grafting+ rows, one --sr.
-TINY = dict(SEEDS=2, EPOCHS=1, MODEL="resnet20", TEACHER="resnet20", TEACHER_EPOCHS=1, STRIPE_ARCHS="ResNet56", SRS="0.01",
+TINY = dict(SEEDS=2, EPOCHS=1, MODEL="resnet20", TEACHER="resnet20", TEACHER_EPOCHS=1, STRIPE_EPOCHS=1,
+            STRIPE_ARCHS="ResNet56", SRS="0.01",
             THRESHOLD="0.05", SHAPE_ARCH="ResNet56", GRAFTING_RUNS="baseline baseline_cos dlr",
             PLUS_ROWS="baseline grafting+")
 SEEDS = (1, 2)
@@ -165,7 +166,7 @@ def test_an_unknown_stage_is_refused_with_one_line(tmp_path):
 
 def test_a_stopped_study_resumes_without_retraining_a_finished_session(tmp_path):
     root = tmp_path / "s"
-    env = study_env(root, SEEDS=1, EPOCHS=2, LANES=1)
+    env = study_env(root, SEEDS=1, STRIPE_EPOCHS=2, LANES=1)
     proc = subprocess.Popen(["bash", str(REPO / "scripts/study/run.sh"), "shape"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, start_new_session=True)
     first = root / "shape" / "ResNet56" / "seed1" / "skeleton"
