@@ -35,10 +35,12 @@ def describe_device(device):
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
-        where = (f"{props.name} ({props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}), "
-                 f"driver {cuda_driver()}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+        where = (f"{props.name} ({props.total_memory / 2**30:.0f} GiB, compute capability {props.major}."
+                 f"{props.minor}), driver {cuda_driver()}, CUDA {torch.version.cuda}, cuDNN "
+                 f"{torch.backends.cudnn.version()}")
     else:
-        where = f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        where = (f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores, "
+                 f"{torch.get_num_threads()} threads)")
     return f"{where}; torch {torch.__version__}"
 
 

@@ -69,6 +69,22 @@ def formula_alpha(h_self, h_peer, a=DEFAULT_A, c=DEFAULT_C):
     return float(np.round(a / np.pi * np.arctan(c * (h_self - h_peer)) + 0.5, 2))
 
 
+def formula_error(grafter, records, own, peer, grafted):
+    """max |W_grafted − (α·W + (1 − α)·W_peer)| over the tensors the graft mixed, with each layer's α of
+    `records`, in float64."""
+    alpha = {r["name"]: r["alpha"] for r in records}
+    return max((grafted[key].double() - alpha[unit.name] * own[key].double()
+                - (1 - alpha[unit.name]) * peer[key].double()).abs().max().item()
+               for unit, keys in grafter.plan for key in keys)
+
+
+def alphas_agree(first, second):
+    """(how many paired α are equal, whether every pair is): two computations of the entropies may differ in
+    their last bits, which can move α across a rounding boundary, one step of 0.01 and never more."""
+    steps = [abs(a - b) for a, b in zip(first, second)]
+    return sum(step < 1e-9 for step in steps), bool(steps) and max(steps) <= 0.01 + 1e-9
+
+
 def cpu(part):
     """The CPU-side checks."""
     train_set, test_set = cifar_like_datasets("digits", None)
@@ -91,18 +107,11 @@ def cpu(part):
     for unit, _ in grafter.plan:
         alphas[unit.name] = formula_alpha(release_entropy(own[unit.weight].numpy()),
                                           release_entropy(peer[unit.weight].numpy()))
-    steps = [abs(r["alpha"] - alphas[r["name"]]) for r in records]
-    equal = sum(step < 1e-9 for step in steps)
-    # A last-digit difference of the two entropies can move α across a rounding boundary: one step of 0.01.
-    part.check("grafting α = the formula from a NumPy histogram", len(records) > 0 and max(steps) <= 0.01 + 1e-9,
+    equal, agree = alphas_agree([r["alpha"] for r in records], [alphas[r["name"]] for r in records])
+    part.check("grafting α = the formula from a NumPy histogram", agree,
                f"{equal} of {len(records)} layers equal, the others within one rounding step; "
                f"α from {min(alphas.values()):.2f} to {max(alphas.values()):.2f}")
-    error = 0.0
-    for unit, keys in grafter.plan:
-        a = next(r["alpha"] for r in records if r["name"] == unit.name)
-        for key in keys:
-            expected = a * own[key].double() + (1 - a) * peer[key].double()
-            error = max(error, (grafted[key].double() - expected).abs().max().item())
+    error = formula_error(grafter, records, own, peer, grafted)
     part.check("grafted weights = α·W + (1 − α)·W_peer", error < 1e-6,
                f"{len(grafter.mixed)} tensors, max |Δ| {error:.2e}")
 
@@ -118,12 +127,16 @@ def agree(part):
                f"{len(on_cpu)} batches, targets equal, max |Δ| of the images {images:.2e}")
     own, peer = two_checkpoints(part.work)
     cpu_records, cpu_state, _ = graft_on(CPU, copy.deepcopy(own), peer)
-    dev_records, dev_state, _ = graft_on(device, copy.deepcopy(own), peer)
-    same_alpha = sum(a["alpha"] == b["alpha"] for a, b in zip(cpu_records, dev_records))
+    dev_records, dev_state, grafter = graft_on(device, copy.deepcopy(own), peer)
+    same_alpha, agree = alphas_agree([r["alpha"] for r in cpu_records], [r["alpha"] for r in dev_records])
     entropy = max(abs(a[k] - b[k]) for a, b in zip(cpu_records, dev_records) for k in ("h_self", "h_peer"))
     weights = max((cpu_state[k].double() - dev_state[k].double()).abs().max().item()
                   for k in cpu_state if cpu_state[k].is_floating_point())
-    part.check(f"grafting: the same α on {device} as on the CPU", same_alpha == len(cpu_records) > 0,
-               f"{same_alpha} of {len(cpu_records)} layers equal; max |ΔH| {entropy:.2e}")
-    part.check(f"grafting: the same grafted weights on {device} as on the CPU", weights < 1e-5,
-               f"max |Δ| {weights:.2e}")
+    part.check(f"grafting: the same α on {device} as on the CPU",
+               len(cpu_records) == len(dev_records) and agree and entropy < 1e-5,
+               f"{same_alpha} of {len(cpu_records)} layers equal, the others within one rounding step; "
+               f"max |ΔH| {entropy:.2e}")
+    # Where α moved by a rounding step the weights differ by 0.01·(W − W_peer): each device's must be its α's.
+    error = formula_error(grafter, dev_records, own, peer, dev_state)
+    part.check(f"grafting: the grafted weights on {device} = α·W + (1 − α)·W_peer with its α", error < 1e-6,
+               f"max |Δ| {error:.2e}; against the CPU's grafted weights max |Δ| {weights:.2e}")

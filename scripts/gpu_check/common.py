@@ -2,6 +2,7 @@
 scripts as subprocesses, and min / median figures."""
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -18,8 +19,10 @@ class Part:
 
     def __init__(self, name, device, out):
         self.name, self.device, self.out = name, device, Path(out)
-        self.work = self.out / "work" / name  # sessions, checkpoints and logs of this part's runs
-        self.work.mkdir(parents=True, exist_ok=True)
+        # Sessions, checkpoints and logs of this part's runs; a rerun starts afresh (not as a --resume).
+        self.work = self.out / "work" / name
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
         self.checks, self.tables, self.notes = [], [], []
         self.started = time.time()
 

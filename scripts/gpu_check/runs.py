@@ -39,15 +39,18 @@ def epochs_of(path):
     return [line["epoch"] for line in lines], all(math.isfinite(line.get("train_loss", math.nan)) for line in lines)
 
 
-def check_run(part, label, command, directory, metrics, epochs=1, timeout=600, env=None):
-    """Run one script to completion in `directory` and check it exited 0 and recorded its epochs."""
-    directory.mkdir(parents=True, exist_ok=True)
-    log = directory.parent / f"{directory.name}.out"
-    status, seconds = run(command, log, timeout, env)
-    done, finite = epochs_of(directory / metrics)
-    ok = status == 0 and done == list(range(1, epochs + 1)) and finite
-    detail = f"{seconds:.0f}s" if ok else f"exit {status}, epochs {done}: {tail(log)}"
-    return part.check(label, ok, detail)
+def trained(metrics):
+    """A training job's proof of success: its one epoch in its metrics file, with a finite loss."""
+    def proof(directory):
+        done, finite = epochs_of(directory / metrics)
+        return done == [1] and finite, f"epochs {done}, finite losses {finite}"
+    return proof
+
+
+def exported(directory):
+    """prune.py's proof of success: its report and its exported program."""
+    found = (directory / "prune.json").exists() and (directory / "pruned.pt2").exists()
+    return found, "prune.json or pruned.pt2 missing"
 
 
 def scripts(part):
@@ -65,44 +68,43 @@ def scripts(part):
     jobs = []
     for label, extra in flags.items():
         jobs.append((f"grafting_cifar/grafting.py, digits, {label}", [CIFAR, *RING, "--epochs", "1", *on, *extra],
-                     work / f"cifar{label}", "--s", "metrics_1.jsonl"))
+                     work / f"cifar{label}", "--s", trained("metrics_1.jsonl")))
         jobs.append((f"stripe_pruning/main.py, digits, ResNet56 skeleton, {label}",
                      ["stripe_pruning/main.py", "--arch", "ResNet56", *DIGITS, "--epochs", "1", "--batch-size", "64",
                       "--sr", "0.005", "--threshold", "0.9622", "--lr", "0.05", *on, *extra],
-                     work / f"stripe{label}", "--save", "metrics.jsonl"))
+                     work / f"stripe{label}", "--save", trained("metrics.jsonl")))
         jobs.append((f"grafting_imagenet/grafting.py, ImageFolder, ResNet18, {label}",
                      ["grafting_imagenet/grafting.py", "--data", folder, "-a", "resnet18", "--epochs", "1", "-j", "2",
                       "-b", "16", "--crop-size", "56", "--resize-size", "64", "--seed", "0",
-                      *device_flags(device, "--gpu"), *extra], work / f"imagenet{label}", "--s", "metrics_1.jsonl"))
+                      *device_flags(device, "--gpu"), *extra],
+                     work / f"imagenet{label}", "--s", trained("metrics_1.jsonl")))
     jobs += [("grafting_cifar/grafting.py, FakeData, torchvision pipeline (--loader torch, 2 workers)",
-              [CIFAR, "--dataset", "fake", "--model", "resnet20", "--epochs", "1", "--loader", "torch", "--workers", "2",
-               *on], work / "cifar-fake-torch", "--s", "metrics_1.jsonl")]
+              [CIFAR, "--dataset", "fake", "--model", "resnet20", "--epochs", "1", "--loader", "torch",
+               "--workers", "2", *on], work / "cifar-fake-torch", "--s", trained("metrics_1.jsonl"))]
     run_all(part, jobs, device)
     teacher = work / "cifarplain" / "best_1.t7"
     later = [(f"grafting_plus/grafting+.py, digits, a ResNet20 teacher, {label}",
               ["grafting_plus/grafting+.py", "--arch", "resnet20", "--num_classes", "10", *DIGITS, "--epochs", "1",
                "--teacher_arch", "resnet20", "--teacher_dir", teacher, *on, *extra], work / f"plus{label}", "--s",
-              "metrics_1.jsonl") for label, extra in flags.items()]
+              trained("metrics_1.jsonl")) for label, extra in flags.items()]
     later.append(("stripe_pruning/prune.py: half the FLOPs, BatchNorm recalibrated, 1 finetuning epoch",
                   ["stripe_pruning/prune.py", work / "stripeplain" / "best.pth.tar", *DIGITS[:4], "--target-flops",
                    "0.5", "--bn-recalibrate", "2", "--finetune-epochs", "1", "--finetune-lr", "0.005", *on],
-                  work / "prune", "--save", None))
+                  work / "prune", "--save", exported))
     run_all(part, later, device)
 
 
 def run_all(part, jobs, device):
-    """Run (label, command, directory, directory flag, metrics file) jobs side by side (a few on a GPU, which
-    one tiny run leaves mostly idle; one at a time on the CPU) and check each."""
+    """Run (label, command, directory, the flag naming it, proof of success) jobs side by side (a few on a
+    GPU, which one tiny run leaves mostly idle; one at a time on the CPU) and check each."""
     def one(job):
-        label, command, directory, where, metrics = job
-        command = [*command, where, directory]
-        if metrics is None:  # prune.py: no epochs of its own; its report is the proof
-            directory.mkdir(parents=True, exist_ok=True)
-            log = directory.parent / f"{directory.name}.out"
-            status, seconds = run(command, log)
-            ok = status == 0 and (directory / "prune.json").exists() and (directory / "pruned.pt2").exists()
-            return part.check(label, ok, f"{seconds:.0f}s" if ok else f"exit {status}: {tail(log)}")
-        return check_run(part, label, command, directory, metrics)
+        label, command, directory, where, proof = job
+        directory.mkdir(parents=True, exist_ok=True)
+        log = directory.parent / f"{directory.name}.out"
+        status, seconds = run([*command, where, directory], log)
+        ok, problem = proof(directory)
+        return part.check(label, status == 0 and ok,
+                          f"{seconds:.0f}s" if status == 0 and ok else f"exit {status}, {problem}: {tail(log)}")
     with ThreadPoolExecutor(max_workers=4 if device.type == "cuda" else 1) as pool:
         list(pool.map(one, jobs))
 
@@ -136,11 +138,12 @@ def ring_ok(part, label, session, env, epochs=2, flags=()):
     status, seconds = run(["bash", REPO / "grafting_cifar/grafting.sh", *RING, *flags], log, 600, env)
     lines = {i: read_jsonl(session / f"metrics_{i}.jsonl") if (session / f"metrics_{i}.jsonl").exists() else []
              for i in (1, 2)}
-    grafted = all(len(v) == epochs and all(line.get("graft", {}).get("layers") for line in v) for v in lines.values())
-    alphas = [layer["alpha"] for v in lines.values() for line in v for layer in line.get("graft", {}).get("layers", [])]
-    detail = (f"{seconds:.0f}s, {len(alphas)} layer grafts, α {min(alphas):.2f}–{max(alphas):.2f}" if status == 0 and grafted
+    grafts = {i: [line.get("graft", {}).get("layers") for line in v] for i, v in lines.items()}
+    ok = status == 0 and all(len(g) == epochs and all(g) for g in grafts.values())
+    alphas = [layer["alpha"] for g in grafts.values() for layers in g for layer in layers or []]
+    detail = (f"{seconds:.0f}s, {len(alphas)} layer grafts, α {min(alphas):.2f}–{max(alphas):.2f}" if ok
               else f"exit {status}: {tail(log)} | {tail(session / '2.out', 2)}")
-    return part.check(label, status == 0 and grafted, detail)
+    return part.check(label, ok, detail)
 
 
 def kill_and_resume(part, session, gpu, epochs=4):
