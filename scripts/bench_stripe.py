@@ -1,4 +1,4 @@
-"""CPU latency of unpruned, masked and stripe-wise pruned VGG16 / ResNet56 at given FLOPs reductions.
+"""Latency of unpruned, masked and stripe-wise pruned VGG16 / ResNet56 at given FLOPs reductions.
 
 Skeleton masks imitate trained ones (SPEC §5): deeper layers lose more, pruning removes whole filters
 where the architecture allows it (every VGG conv, ResNet56 block conv1s) and scattered stripes inside
@@ -11,9 +11,11 @@ FilterStripe network that training produces, pruned = `prune` with each layer's 
 `choose_modes` at that batch size. Two more columns show where the speed comes from: the unpruned
 network in channels_last memory (the layout the pruned network's dense layers use) and the pruned
 network with every layer forced to dense mode (filter removal and BN folding, no stripe kernels).
-Times are min / median ms over interleaved repeats under torch.inference_mode.
+Times are min / median ms over interleaved repeats under torch.inference_mode, on --device (CUDA when
+available): there the stripe / dense choice is timed too, and every reading waits for the GPU's queue.
 
     python scripts/bench_stripe.py --quick
+    python scripts/bench_stripe.py --device cuda --reductions 70 90 --batch-sizes 1 64 256
 """
 import argparse
 import copy
@@ -23,10 +25,12 @@ import time
 import torch
 import torch.nn as nn
 
+from filtergraft.engine import resolve_device
 from filtergraft.models.stripe_resnet import StripeResNet56
 from filtergraft.models.stripe_vgg import StripeVGG
 from filtergraft.stripe import (FilterStripe, choose_modes, count_flops, prune, stripe_convs,
                                 stripe_flops, threshold_skeleton)
+from filtergraft.timing import describe_device, device_clock
 
 MODELS = {"vgg16": StripeVGG, "resnet56": StripeResNet56}
 INPUT = (3, 32, 32)
@@ -41,13 +45,17 @@ def parse_args(argv=None):
                         help="FLOPs reductions in percent")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per network and batch size")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu = process CPU time: immune to time slicing on a busy machine, "
                              "a latency only with --threads 1")
     parser.add_argument("--quick", action="store_true", help="reductions 70 and 90, 6 repeats")
     args = parser.parse_args(argv)
+    args.device = resolve_device(args.device)
+    if args.clock == "cpu" and args.device.type != "cpu":
+        parser.error("--clock cpu measures the CPU's own work; on a GPU leave --clock wall (synchronised)")
     if args.quick:
         args.reductions, args.repeats = [70, 90], 6
     return args
@@ -167,31 +175,42 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    print(f"torch {torch.__version__}, {args.threads} threads, repeats {args.repeats}, {args.clock} clock; "
-          "times in ms, min / median\n")
+    device = args.device
+    clock = device_clock(device, time.process_time if args.clock == "cpu" else time.perf_counter)
+    print(f"device: {describe_device(device)}; repeats {args.repeats}, {args.clock} clock; times in ms, "
+          "min / median\n")
     print("| model | FLOPs red. | batch | unpruned | masked | pruned | FLOPs ratio "
           "| time ratio pruned/unpruned | stripe / dense layers | unpruned channels_last "
           "| pruned all-dense |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         for reduction in args.reductions:
-            masked, flops_ratio = masked_model(name, reduction, args.seed)
-            plain = plain_model(masked)
-            plain_cl = copy.deepcopy(plain).to(memory_format=torch.channels_last)
-            pruned = prune(masked)
-            for batch in args.batch_sizes:
-                x = torch.randn(batch, *INPUT)
-                summary = choose_modes(pruned, x, clock=clock)
-                t = time_models({"unpruned": plain, "masked": masked, "pruned": pruned,
-                                 "unpruned_cl": plain_cl, "dense": all_dense(pruned)}, x, args.repeats,
-                                clock)
+            for m in measure(name, reduction, args, device, clock):
+                t = m["times"]
                 ratio_min = min(t["pruned"]) / min(t["unpruned"])
                 ratio_med = statistics.median(t["pruned"]) / statistics.median(t["unpruned"])
-                print(f"| {name} | {100 * (1 - flops_ratio):.1f} % | {batch} | {ms(t['unpruned'])} "
-                      f"| {ms(t['masked'])} | {ms(t['pruned'])} | {flops_ratio:.3f} "
-                      f"| {ratio_min:.3f} / {ratio_med:.3f} | {summary['stripe']} / {summary['dense']} "
+                print(f"| {name} | {100 * (1 - m['flops_ratio']):.1f} % | {m['batch']} | {ms(t['unpruned'])} "
+                      f"| {ms(t['masked'])} | {ms(t['pruned'])} | {m['flops_ratio']:.3f} "
+                      f"| {ratio_min:.3f} / {ratio_med:.3f} | {m['stripe']} / {m['dense']} "
                       f"| {ms(t['unpruned_cl'])} | {ms(t['dense'])} |", flush=True)
+
+
+def measure(name, reduction, args, device, clock):
+    """{batch, flops_ratio, times: {network: [seconds]}, stripe, dense (layer counts)} of one network at one
+    FLOPs reduction, for each batch size; the networks are built and pruned on the CPU, then moved to
+    `device`, where each batch size's stripe / dense choice is timed."""
+    masked, flops_ratio = masked_model(name, reduction, args.seed)
+    pruned = prune(masked).to(device)
+    plain = plain_model(masked).to(device)
+    plain_cl = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    masked.to(device)
+    for batch in args.batch_sizes:
+        x = torch.randn(batch, *INPUT, device=device)
+        summary = choose_modes(pruned, x, clock=clock)
+        t = time_models({"unpruned": plain, "masked": masked, "pruned": pruned,
+                         "unpruned_cl": plain_cl, "dense": all_dense(pruned)}, x, args.repeats, clock)
+        yield {"batch": batch, "flops_ratio": flops_ratio, "times": t, "stripe": summary["stripe"],
+               "dense": summary["dense"]}
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader
 from filtergraft.data import IMAGENET_STATS, ArrayImages, TensorLoader, cifar_transforms
 from filtergraft.engine import resolve_device, sgd
 from filtergraft.models import create_model
+from filtergraft.timing import describe_device, device_clock
 
-MODELS = ("resnet32", "resnet56", "resnet110", "mobilenetv2", "resnet18")
-IMAGENET_MODELS = {"resnet18"}
+MODELS = ("resnet32", "resnet56", "resnet110", "mobilenetv2", "resnet18", "resnet50")
+IMAGENET_MODELS = {"resnet18", "resnet50"}
 VARIANTS = ("channels-last", "compile", "amp")
 
 
@@ -41,18 +42,12 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(run, device):
-    """Wall-clock seconds of run(), with the device's queue drained before and after."""
-    synchronize(device)
-    start = time.perf_counter()
+    """Seconds of run() on `device`, its kernels included (the queue drained before and after)."""
+    clock = device_clock(device)
+    start = clock()
     run()
-    synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def rates(runs, device, repeats, pause=0.5):
@@ -136,7 +131,8 @@ def bench_model(name, args, device):
     size = 224 if imagenet else 32
 
     def new_model():
-        return (torchvision.models.resnet18(num_classes=1000) if imagenet else create_model(name, 10)).to(device)
+        model = getattr(torchvision.models, name)(num_classes=1000) if imagenet else create_model(name, 10)
+        return model.to(device)
 
     def steps_on(step, source):
         return lambda: [step(*batch) for batch in source()], args.steps * batch_size
@@ -179,9 +175,8 @@ def bench_model(name, args, device):
     return f"{name} ({size}x{size}, batch {batch_size})", rows
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    device = resolve_device(args.device)
+def settle(args, device):
+    """Fill the settings left to the device: steps, the 224x224 batch size and the variants it supports."""
     cpu = device.type == "cpu"
     args.steps = args.steps or (4 if cpu else 50)
     args.imagenet_batch_size = args.imagenet_batch_size or (16 if cpu else 64)
@@ -189,8 +184,14 @@ def main(argv=None):
         args.variants = [v for v in VARIANTS if v != "amp" or not cpu]
     elif "amp" in args.variants and cpu:
         raise SystemExit("bench_train.py: error: --variants amp needs a CUDA device (bfloat16 autocast); leave amp out on the CPU")
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {where}; torch {torch.__version__}; {args.steps} steps x {args.repeats} repeats; "
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    settle(args, device)
+    print(f"device: {describe_device(device)}; {args.steps} steps x {args.repeats} repeats; "
           f"torchvision pipeline with {args.workers} workers\n")
     print("| model | what | images/s (best) | images/s (median) | |")
     print("|---|---|---|---|---|")

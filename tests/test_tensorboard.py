@@ -2,12 +2,13 @@
 files, read back with TensorBoard's own reader, hold one scalar per epoch for every number of the metrics
 lines and the graft's per-layer α as the metrics lines have it; summarize.py --tensorboard writes the same
 from a session trained without the flag; resume continues the event files without repeating an epoch; and
-without the tensorboard package the flag is one error line while runs without it still train."""
+without the tensorboard package the flag is one error line while runs without it still train. The package is
+optional (a system's python may lack it): the tests that read event files are skipped without it."""
+import importlib.util
 import shutil
 import subprocess
 
 import pytest
-from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 from filtergraft.analysis import counted_convs
 from filtergraft.board import BEST_FILTERS_TAG, FILTERS_TAG, scalars_of
@@ -22,6 +23,8 @@ FLAGS = ["--dataset", "digits", "--model", "resnet20", "--workers", 0, "--batch-
 # Runs a script with the tensorboard package made unimportable, as on a machine without it.
 WITHOUT_TENSORBOARD = ("import runpy, sys; sys.modules['tensorboard'] = None; sys.argv = sys.argv[1:]; "
                        "runpy.run_path(sys.argv[0], run_name='__main__')")
+needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                                       reason="the tensorboard package is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +37,8 @@ def session(tmp_path_factory):
 
 def read_events(directory):
     """TensorBoard's reader over `directory`'s runs (one per subdirectory), every event kept."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
     reader = EventMultiplexer(size_guidance={"scalars": 0, "histograms": 0})
     reader.AddRunsFromDirectory(str(directory))
     return reader.Reload()
@@ -67,6 +72,7 @@ def test_tags_scheme_covers_every_number_of_a_metrics_line():
         "stripes_kept/features.0": 0.25, "graft/time": 0.01, "graft/invalid/conv1": 3, "graft/sigma/conv1": 0.9}
 
 
+@needs_tensorboard
 def test_every_network_has_one_scalar_per_epoch_and_the_grafts_alphas(session):
     reader = read_events(session / "tb")
     assert set(reader.Runs()) == {"1", "2"}  # tensorboard --logdir SESSION/tb: the networks side by side
@@ -92,6 +98,7 @@ def test_every_network_has_one_scalar_per_epoch_and_the_grafts_alphas(session):
     assert f"TensorBoard event files in {session / 'tb' / '1'}" in (session / "1.log").read_text()
 
 
+@needs_tensorboard
 def test_summarize_converts_a_session_written_without_event_files(session, tmp_path):
     copy = tmp_path / "grafting"
     shutil.copytree(session, copy, ignore=shutil.ignore_patterns("tb"))
@@ -116,6 +123,7 @@ def test_summarize_converts_a_session_written_without_event_files(session, tmp_p
     assert len(list((copy / "tb" / "1").iterdir())) == 1 and scalars(read_events(copy / "tb"), "1") == scalars(live, "1")
 
 
+@needs_tensorboard
 def test_resume_continues_the_event_files_without_repeating_an_epoch(tmp_path):
     run = tmp_path / "baseline"
     first = run_script(GRAFTING, "--num", 1, "--s", run, "--epochs", 1, *FLAGS, "--tensorboard")
@@ -129,6 +137,7 @@ def test_resume_continues_the_event_files_without_repeating_an_epoch(tmp_path):
     assert all([step for step, _ in points] == [1, 2] for points in events.values())
 
 
+@needs_tensorboard
 def test_stripe_pruning_records_the_share_of_stripes_kept_per_layer(tmp_path):
     save = tmp_path / "stripe"
     result = run_script(STRIPE, "--dataset", "digits", "--arch", "VGG", "--epochs", 1, "--sr", 0.005, "--threshold",

@@ -8,7 +8,6 @@ conv. Every module still sees ordinary (B, C, H, W) shapes, so any layout flows 
 """
 import contextlib
 import math
-import time
 from typing import NamedTuple
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 # CHUNK_BYTES is a setting of the package (filtergraft.stripe.CHUNK_BYTES), read on every forward so that
 # setting it there takes effect; this import, made while the package initialises, binds the package only.
 from .. import stripe as package
+from ..timing import device_clock
 
 MODES = ("stripe", "dense")
 
@@ -286,16 +286,19 @@ def forced_mode(model, mode):
 
 
 @torch.inference_mode()
-def choose_modes(pruned, example_input, repeats=5, clock=time.perf_counter):
+def choose_modes(pruned, example_input, repeats=5, clock=None):
     """Set each StripeConv to its faster mode for inputs shaped like `example_input`; return the summary.
 
     Layers are decided in forward order inside one forward pass, so each is timed on the memory
     layout its already-decided predecessors hand it. That greedy choice cannot see the layout it
     hands on, so the whole network is then timed with it, all-dense and all-stripe, and the fastest of
     the three is kept. Times are the best of `repeats` calls, the candidates interleaved so a load
-    spike on a shared machine hits all alike. `clock` may be time.process_time on a busy machine with
-    one thread (CPU time ignores time slicing); on a GPU pass a clock that synchronises.
+    spike on a shared machine hits all alike. The choice holds for the device `example_input` is on (the
+    network's): by default the clock is the wall clock, read after that device's queue is drained, since
+    a GPU's kernels run asynchronously. `clock` may be time.process_time on a busy CPU machine with one
+    thread (CPU time ignores time slicing).
     """
+    clock = clock or device_clock(example_input.device)
     pruned.eval()
     convs = [m for _, m in stripe_convs(pruned)]
 
