@@ -334,7 +334,8 @@ def report(root):
         if teacher:
             summary["teacher_best"] = teacher.networks[0].best
             lines.append(f"Teacher {settings.get('teacher')}: best top-1 {teacher.networks[0].best:.2f} % (trained once). "
-                         f"Students {settings.get('model')}; the two-student rows at rates 0.1 and 0.05, as the release's launcher.")
+                         f"Students {settings.get('model')} at rate {settings.get('lr')}; the two-student rows at it and at its "
+                         "half, as the release's launcher (0.1 and 0.05).")
             lines.append("")
         lines += accuracy_section(plus_rows, "baseline", "baseline")
         lines += ["", f"![grafting+]({grafting_plot(plus_rows, 'Grafting+ on digits', plots / 'grafting_plus.png').relative_to(root)})"]
