@@ -69,8 +69,11 @@ check_count TEACHER_EPOCHS "$TEACHER_EPOCHS" || exit 2
 check_count STRIPE_EPOCHS "$STRIPE_EPOCHS" || exit 2
 check_count LANES "$LANES" || exit 2
 # The paper's step schedule, ×0.1 every 60 of 200 epochs, at the same fractions of EPOCHS (rounded).
-LR_STEP=$(( (EPOCHS * 60 + 100) / 200 ))
-[ "$LR_STEP" -ge 1 ] || LR_STEP=1
+step_of() {  # step_of EPOCHS: the interval of that schedule, at least 1
+    local step=$(( ($1 * 60 + 100) / 200 ))
+    echo $(( step > 1 ? step : 1 ))
+}
+LR_STEP=$(step_of "$EPOCHS")
 study() {
     "$PYTHON" -m filtergraft.results.study "$@"
 }
@@ -132,7 +135,8 @@ run_queue() {
             IFS=$'\x1f' read -r name cost after command <<< "${QUEUE[$picked]}"
             unset "QUEUE[$picked]"
             echo "== $name: started $(date +%T) (log $LOGS/$name.out)"
-            eval "$command" >"$LOGS/$name.out" 2>&1 &
+            # exec: the job's pid is the command's own, which a SIGTERM of the study reaches
+            eval "exec $command" >"$LOGS/$name.out" 2>&1 &
             JOB_OF[$!]=$name
             COST_OF[$!]=$cost
             USED=$((USED + cost))
@@ -203,7 +207,7 @@ CIFAR_SCRIPT=$REPO_ROOT/grafting_cifar/grafting.py
 TEACHER_S=$STUDY/plus/teacher
 if wants plus; then  # first: the grafting+ rows wait for it. On the baselines' step schedule.
     session teacher 1 "$CIFAR_SCRIPT" "$TEACHER_S" "$TEACHER_EPOCHS" --dataset digits --model "$TEACHER" \
-        --lr-step "$(( (TEACHER_EPOCHS * 60 + 100) / 200 ))" -b "$BATCH" --lr "$LR" --seed 0 --workers 0 --print_frequence 1000
+        --lr-step "$(step_of "$TEACHER_EPOCHS")" -b "$BATCH" --lr "$LR" --seed 0 --workers 0 --print_frequence 1000
 fi
 if wants grafting invalid; then
     for seed in $(seq 1 "$SEEDS"); do
