@@ -166,6 +166,42 @@ def plot_l1_histogram(session, baselines, path, problems):
     return _save(fig, path)
 
 
+def seed_accuracy_plot(rows, title, path):
+    """The study (results.study): best top-1 of each method, one dot per seed, a seed's dots joined across methods; the mean as a bar."""
+    fig = Figure(figsize=(1.6 * len(rows) + 2, 4.5))
+    ax = fig.add_subplot()
+    seeds = sorted({seed for row in rows for seed in row["per_seed"]["best"]})
+    for seed in seeds:
+        points = [(x, row["per_seed"]["best"][seed]) for x, row in enumerate(rows) if seed in row["per_seed"]["best"]]
+        ax.plot(*zip(*points), marker="o", alpha=0.6, label=f"seed {seed}")
+    for x, row in enumerate(rows):
+        if row["best"]["mean"] is not None:
+            ax.hlines(row["best"]["mean"], x - 0.3, x + 0.3, color="black", linewidth=2)
+    ax.set_xticks(range(len(rows)), [row["label"].replace(", ", ",\n") for row in rows], fontsize="small")
+    ax.set_ylabel("best test top-1 (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def stripe_study_plot(stripe, path):
+    """The study: accuracy against the FLOPs reduction the release counts, one point per seed and run, per architecture."""
+    fig = Figure(figsize=(6 * len(stripe), 4.5))
+    for i, (arch, rows) in enumerate(stripe.items()):
+        ax = fig.add_subplot(1, len(stripe), i + 1)
+        for row in rows:
+            seeds = sorted(row["per_seed"]["acc"])
+            ax.scatter([row["per_seed"]["flops"][s] for s in seeds], [row["per_seed"]["acc"][s] for s in seeds],
+                       label=row["run"].replace("sr", "--sr "))
+        ax.set_xlabel("FLOPs reduction (%, as the release counts)")
+        ax.set_ylabel("test top-1 of the pruned network (%)")
+        ax.set_title(f"{arch} on digits")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,11 +18,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 from scipy.stats import t as student_t
 
 from ..session import NotASession, read_session
-from .plots import _save, filter_norms
+from .plots import filter_norms, seed_accuracy_plot, stripe_study_plot
 
 SETTINGS_FILE = "study.json"
 INVOCATIONS_FILE = "invocations.jsonl"
@@ -245,42 +244,6 @@ def invocations(root):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def grafting_plot(rows, title, path):
-    """Best top-1 of each method, one dot per seed, a seed's dots joined across methods; the mean as a bar."""
-    fig = Figure(figsize=(1.6 * len(rows) + 2, 4.5))
-    ax = fig.add_subplot()
-    seeds = sorted({seed for row in rows for seed in row["per_seed"]["best"]})
-    for seed in seeds:
-        points = [(x, row["per_seed"]["best"][seed]) for x, row in enumerate(rows) if seed in row["per_seed"]["best"]]
-        ax.plot(*zip(*points), marker="o", alpha=0.6, label=f"seed {seed}")
-    for x, row in enumerate(rows):
-        if row["best"]["mean"] is not None:
-            ax.hlines(row["best"]["mean"], x - 0.3, x + 0.3, color="black", linewidth=2)
-    ax.set_xticks(range(len(rows)), [row["label"].replace(", ", ",\n") for row in rows], fontsize="small")
-    ax.set_ylabel("best test top-1 (%)")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def stripe_plot(stripe, path):
-    """Accuracy against the FLOPs reduction the release counts, one point per seed and run, per architecture."""
-    fig = Figure(figsize=(6 * len(stripe), 4.5))
-    for i, (arch, rows) in enumerate(stripe.items()):
-        ax = fig.add_subplot(1, len(stripe), i + 1)
-        for row in rows:
-            seeds = sorted(row["per_seed"]["acc"])
-            ax.scatter([row["per_seed"]["flops"][s] for s in seeds], [row["per_seed"]["acc"][s] for s in seeds],
-                       label=row["run"].replace("sr", "--sr "))
-        ax.set_xlabel("FLOPs reduction (%, as the release counts)")
-        ax.set_ylabel("test top-1 of the pruned network (%)")
-        ax.set_title(f"{arch} on digits")
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 def report(root):
     """Write STUDY/report.md, summary.json and plots/ from the sessions the study folder holds; the report's
     path. Stages not run (or not finished) are named as such."""
@@ -304,7 +267,7 @@ def report(root):
     if rows:
         summary["grafting"] = rows
         lines += accuracy_section(rows, "baseline", "baseline", "baseline_cos", "cosine baseline")
-        lines += ["", f"![grafting]({grafting_plot(rows, 'Grafting on digits', plots / 'grafting.png').relative_to(root)})", ""]
+        lines += ["", f"![grafting]({seed_accuracy_plot(rows, 'Grafting on digits', plots / 'grafting.png').relative_to(root)})", ""]
         lines += ["## 2. Invalid filters", ""]
         invalid = invalid_filters(by_method, problems) if by_method["baseline"] else None
         if invalid:
@@ -338,7 +301,7 @@ def report(root):
                          "half, as the release's launcher (0.1 and 0.05).")
             lines.append("")
         lines += accuracy_section(plus_rows, "baseline", "baseline")
-        lines += ["", f"![grafting+]({grafting_plot(plus_rows, 'Grafting+ on digits', plots / 'grafting_plus.png').relative_to(root)})"]
+        lines += ["", f"![grafting+]({seed_accuracy_plot(plus_rows, 'Grafting+ on digits', plots / 'grafting_plus.png').relative_to(root)})"]
     else:
         lines.append("Not run (`scripts/study/run.sh plus`).")
 
@@ -356,7 +319,7 @@ def report(root):
                               _pm(r["flops"], 1), _pm(r["acc"]), _diff(r.get("acc_vs_baseline"))] for r in rows])
             lines += [""] + _verdicts(rows, "acc_vs_baseline", lambda r: f"{arch} {r['run'].replace('sr', '--sr ')}",
                                       "top-1 − baseline")
-        lines += ["", f"![stripe]({stripe_plot(stripe, plots / 'stripe.png').relative_to(root)})"]
+        lines += ["", f"![stripe]({stripe_study_plot(stripe, plots / 'stripe.png').relative_to(root)})"]
     else:
         lines.append("Not run (`scripts/study/run.sh stripe`).")
 
