@@ -68,10 +68,17 @@ def epochs_logged(session, index):
     return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def default_sigint():
+    """SIGINT as a terminal's shell leaves it: a test run started in the background (nohup ... &) has it
+    ignored, and bash cannot trap a signal ignored when it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_launcher(session, num=2, epochs=40, extra=(), env=None):
     env = env or script_env(S=session, NUM=num, EPOCHS=epochs)
     return subprocess.Popen(["bash", str(REPO / LAUNCHER), *DIGITS, *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, start_new_session=True,
+                            preexec_fn=default_sigint)
 
 
 def network_pids(session, num):
