@@ -22,6 +22,7 @@ from scipy.stats import t as student_t
 
 from ..session import NotASession, read_session
 from .plots import filter_norms, seed_accuracy_plot, stripe_study_plot
+from .tables import mean_std
 
 SETTINGS_FILE = "study.json"
 INVOCATIONS_FILE = "invocations.jsonl"
@@ -48,8 +49,8 @@ class StudyError(Exception):
 def spread(values):
     """{"n", "mean", "std"} of the values: std the sample standard deviation (n − 1), None below 2."""
     values = list(values)
-    return {"n": len(values), "mean": statistics.fmean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else None}
+    mean, std = mean_std(values)
+    return {"n": len(values), "mean": mean, "std": std}
 
 
 def paired_difference(values, reference, confidence=CONFIDENCE):
