@@ -26,10 +26,17 @@ def _is_addition(node):
             or (node.op == "call_method" and node.target in ("add", "add_")))
 
 
+class _NormLeafTracer(fx.Tracer):
+    """fx's tracer, with every BatchNorm one node, ours (parallel.GroupBatchNorm2d) included."""
+
+    def is_leaf_module(self, module, name):
+        return isinstance(module, NORMS) or super().is_leaf_module(module, name)
+
+
 def traced_graph(model):
     """The fx graph of `model`, or None where it cannot be traced symbolically."""
     try:
-        return fx.symbolic_trace(model).graph
+        return _NormLeafTracer().trace(model)
     except Exception:  # any tracing failure: callers fall back to what the modules alone tell
         return None
 

@@ -18,8 +18,9 @@ from .engine import LRSchedule, Trainer, cross_entropy_loss, difflr, resolve_dev
 from .errors import UserError
 from .models import canonical_model_name, create_model
 from .record import environment
-from .rng import seed_everything
-from .session import CONFIG_FILE, Session, claim_run, network_files, tensorboard_dir
+from .parallel import network_group, sync_batchnorm
+from .rng import rank_seed, seed_everything
+from .session import CONFIG_FILE, RankSession, Session, claim_run, network_files, tensorboard_dir
 
 
 def network_seed(record):
@@ -29,13 +30,15 @@ def network_seed(record):
 
 def speed_options(record, device):
     """Trainer keyword arguments for the speed flags, checked against the device."""
-    if record.amp and device.type != "cuda":
-        raise UserError("--amp (bfloat16 autocast) needs a CUDA device; drop --amp on the CPU")
+    amp = "bf16" if record.amp is True else record.amp or None  # sessions before fp16 recorded True for bf16
+    if amp and device.type != "cuda":
+        kind = "float16 autocast with a gradient scaler" if amp == "fp16" else "bfloat16 autocast"
+        raise UserError(f"--amp {amp} ({kind}) needs a CUDA device; drop --amp on the CPU")
     if record.compile is not None:
         backends = torch._dynamo.list_backends(exclude_tags=())
         if record.compile not in backends:
             raise UserError(f"--compile {record.compile}: unknown backend; choose one of: {', '.join(backends)}")
-    return {"amp": bool(record.amp), "channels_last": bool(record.channels_last), "compile": record.compile}
+    return {"amp": amp, "channels_last": bool(record.channels_last), "compile": record.compile}
 
 
 def set_determinism(record, device, log):
@@ -60,16 +63,21 @@ def network_lr(record):
 
 def open_session(record, files, device, resume=False):
     """The run's session directory, claimed for this process (session.claim_run, if the run was not claimed
-    when it started) and opened with its run record written, where it runs (environment) included."""
+    when it started) and opened with its run record written, where it runs (environment) included. A
+    network's ranks but its leader write nothing there (session.RankSession)."""
     record.environment = environment([device])
+    if record.rank:
+        return RankSession(record.session_dir, files, f"network {record.index} rank {record.rank}")
     claim_run(record.session_dir, files, f"network {record.index} of {record.session_dir}")
     return Session(record.session_dir, files, record=record, resume=resume)
 
 
-def run_loaders(record, train_set, test_set, seed, device):
-    """(train loader, test loader, generator) with the record's batch size, workers and data pipeline."""
+def run_loaders(record, train_set, test_set, seed, device, group=None):
+    """(train loader, test loader, generator) with the record's batch size, workers and data pipeline; with
+    a parallel.NetworkGroup, this rank's part of every batch."""
+    shard = (group.rank, group.size) if group is not None else None
     return make_loaders(train_set, test_set, record.batch_size, record.workers, seed,
-                        pin_memory=device.type == "cuda", loader=record.loader, device=device)
+                        pin_memory=device.type == "cuda", loader=record.loader, device=device, shard=shard)
 
 
 def _resume_point(record, files, model, meta):
@@ -131,18 +139,26 @@ def build_trainer(record, *, datasets, build_model, files, seed, loss_for_device
     model = build_model(record.num_classes)
     meta = {"arch": record.arch, "num_classes": record.num_classes}
     state, source, own = _resume_point(record, files, model, meta)
+    group = network_group(record, device)
+    if group is not None and record.sync_bn:
+        model = sync_batchnorm(model, group.group, device)
+    if group is not None and group.rank and seed is not None:
+        seed_everything(rank_seed(seed, group.rank))  # augmentation of its own; the batches stay the network's
     session = open_session(record, files, device, resume=own)
     model.to(device)
-    train_loader, test_loader, generator = run_loaders(record, train_set, test_set, seed, device)
+    train_loader, test_loader, generator = run_loaders(record, train_set, test_set, seed, device, group)
     lr = network_lr(record)
     schedule = LRSchedule(record.epochs, len(train_loader), cosine=record.cos, milestones=record.milestones or ())
     loss_fn = loss_for_device(device) if loss_for_device is not None else cross_entropy_loss
     trainer = Trainer(model, sgd(model, lr, record.momentum, record.weight_decay), train_loader, test_loader,
                       session, device=device, epochs=record.epochs, schedule=schedule, loss_fn=loss_fn,
                       print_freq=record.print_freq, topk=tuple(k for k in topk if k <= record.num_classes),
-                      after_backward=after_backward, generator=generator, meta=meta, **speed)
+                      after_backward=after_backward, generator=generator, meta=meta, group=group, **speed)
     set_determinism(record, device, session.log)
     ring = f", network {record.index}/{record.num}" if record.in_ring else ""
+    if group is not None:
+        ring += (f" on {group.size} ranks ({record.batch_size // group.size} images each"
+                 f"{', synced BatchNorm' * bool(record.sync_bn)}{', across machines' * group.across_machines})")
     session.log(f"{record.arch} on {record.dataset} ({record.num_classes} classes, {len(train_set)} train / "
                 f"{len(test_set)} test images){ring}, {sum(p.numel() for p in model.parameters()):,} parameters, "
                 f"lr {lr:g}, device {device}, {describe_loader(train_loader)} data pipeline, torch "
@@ -154,7 +170,7 @@ def build_trainer(record, *, datasets, build_model, files, seed, loss_for_device
                     f"starts at epoch 1")
     elif record.start_epoch is not None:
         trainer.start_at(record.start_epoch)
-    if record.tensorboard:
+    if record.tensorboard and not record.rank:
         board = tensorboard_dir(record.session_dir, record.index)
         trainer.on_epoch.append(EpochWriter(board, record.epochs, start_epoch=trainer.start_epoch))
         session.log(f"TensorBoard event files in {board} (tensorboard --logdir {board.parent})")

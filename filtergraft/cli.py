@@ -12,12 +12,13 @@ import sys
 import torch
 
 from .data import DATASETS, LOADERS
-from .engine import every, is_out_of_memory
+from .engine import AMP_DTYPES, every, is_out_of_memory
 from .errors import FlagError, UserError, handle_interrupts
 from .grafting import DEFAULT_A, DEFAULT_C, ENTROPY_BINS
 from .record import RunRecord
 from .ring import EXCHANGES, announce_failure, place_in_ring
 from .pack import pack_members
+from .parallel import check_batch, place_ranks
 from .runner import LEVELS, SOURCES
 from .session import claim_run, network_files, release_run
 
@@ -189,6 +190,12 @@ def add_grafting_flags(parser, resume_flag=True):
     if resume_flag:
         g.add_argument("--resume", action="store_true", help="continue from the session's last_<i>.t7")
     parser.set_defaults(eval_order=EVAL_ORDER)
+    p = parser.add_argument_group("data parallel (under torchrun)")
+    p.add_argument("--ranks-per-network", type=positive(int), default=None, metavar="M",
+                   help="torchrun ranks training each network with DistributedDataParallel, -b being the network's "
+                        "batch over all of them (default: WORLD_SIZE / --num under torchrun, else 1)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="BatchNorm statistics over the whole batch of a network's ranks, not each rank's part")
     return g
 
 
@@ -210,7 +217,9 @@ def add_speed_flags(parser):
     g.add_argument("--loader", choices=LOADERS, default="auto",
                    help="data pipeline: torchvision transforms in DataLoader workers (torch), or the whole "
                         "dataset on the device with batched augmentation (tensor); auto: tensor for in-memory data")
-    g.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only; off keeps fp32 as the papers)")
+    g.add_argument("--amp", nargs="?", const="bf16", choices=AMP_DTYPES, default=None,
+                   help="mixed precision on CUDA: bf16 autocast (--amp alone), or fp16 autocast with a gradient "
+                        "scaler for GPUs without bfloat16 (V100, T4); off keeps fp32 as the papers")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     g.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the model (backend: inductor when not named; e.g. aot_eager, cudagraphs)")
@@ -261,19 +270,25 @@ def grafting_record(args, script=None):
         raise UserError("--graft-timeout and --heartbeat-timeout must be positive")
     if record.lr_step is not None and record.epochs is not None:
         record.milestones = every(record.lr_step, record.epochs)
+    if (record.ranks_per_network or 1) > 1:
+        check_batch(record.batch_size, record.ranks_per_network)
     return record
 
 
 def place_networks(record, members):
     """Which networks this process trains: record.pack under --pack (`members`, or all), else network --i
-    (or torchrun's rank with --exchange dist); record.index is the first of them."""
+    (or torchrun's rank with --exchange dist, or with several ranks per network); record.index is the first
+    of them."""
     if not record.pack:
         if members is not None:
             raise UserError("--members chooses the networks of a pack; add --pack, or use --i for one network")
+        if place_ranks(record):
+            return
         place_in_ring(record)
         record.index = 1 if record.index is None else record.index
         record.pack = None
         return
+    place_ranks(record)  # refuses --ranks-per-network with --pack
     if record.index is not None:
         raise UserError(f"--pack trains several networks, not network --i {record.index}: drop --i (--members "
                         f"FIRST-LAST trains a part of the ring)")

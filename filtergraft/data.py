@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from torchvision import datasets
 
 from .errors import FlagError, UserError
@@ -139,13 +139,47 @@ def crop_flip(images, top, left, flip, pad=4):
     return band.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
+def shard_part(length, rank, size):
+    """The part of a batch of `length` that rank `rank` of `size` takes: [rank·length // size, (rank + 1)·length // size)."""
+    return slice(rank * length // size, (rank + 1) * length // size)
+
+
+def sharded_batches(items, batch_size, ranks):
+    """How many batches of `batch_size` `items` make when a last one smaller than `ranks` is left out."""
+    full, rest = divmod(items, batch_size)
+    return full + (rest >= ranks)
+
+
+class ShardedBatches(Sampler):
+    """Rank `rank` of `size`'s part (shard_part) of each batch of `batch_size` indices drawn from `sampler`;
+    a last batch with fewer indices than ranks is left out (a rank would get none)."""
+
+    def __init__(self, sampler, batch_size, rank, size):
+        self.sampler, self.batch_size, self.rank, self.size = sampler, batch_size, rank, size
+
+    def __iter__(self):
+        batch = []
+        for index in self.sampler:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield batch[shard_part(len(batch), self.rank, self.size)]
+                batch = []
+        if len(batch) >= self.size:
+            yield batch[shard_part(len(batch), self.rank, self.size)]
+
+    def __len__(self):
+        return sharded_batches(len(self.sampler), self.batch_size, self.size)
+
+
 class TensorLoader:
     """A loader for in-memory uint8 datasets that keeps the whole dataset on the training device and
     builds each batch with tensor operations: shuffle with the network's own generator, random crop
     (padding 4, offsets uniform over the 9 x 9 positions) and flip (p = 0.5) for training, then
-    normalisation. Same augmentation distribution as the torchvision transforms, without per-image work."""
+    normalisation. Same augmentation distribution as the torchvision transforms, without per-image work.
+    `shard` (rank, ranks): that rank's part of each batch (shard_part); the order and augmentation
+    stay the generator's, so the ranks together see the batches one loader would give."""
 
-    def __init__(self, dataset, batch_size, device, train, generator=None, pad=4):
+    def __init__(self, dataset, batch_size, device, train, generator=None, pad=4, shard=None):
         images, targets = in_memory_images(dataset)
         self.images = images.to(device)
         self.targets = targets.to(device)
@@ -158,9 +192,10 @@ class TensorLoader:
         self.generator = generator
         self.pad = pad
         self.dataset = dataset
+        self.rank, self.ranks = shard or (0, 1)
 
     def __len__(self):
-        return -(-len(self.targets) // self.batch_size)
+        return sharded_batches(len(self.targets), self.batch_size, self.ranks)
 
     def __iter__(self):
         n = len(self.targets)
@@ -172,10 +207,14 @@ class TensorLoader:
             top, left, flip = (t.to(self.device, non_blocking=True) for t in (top, left, flip))
         order = order.to(self.device, non_blocking=True)
         for start in range(0, n, self.batch_size):
-            index = order[start:start + self.batch_size]
+            length = min(self.batch_size, n - start)
+            if length < self.ranks:
+                break  # a rank would get no image of it
+            part = shard_part(length, self.rank, self.ranks)
+            span = slice(start + part.start, start + part.stop)
+            index = order[span]
             images = self.images[index]
             if self.train:
-                span = slice(start, start + len(index))
                 images = crop_flip(images, top[span], left[span], flip[span], self.pad)
             yield torch.addcmul(self.shift, images.float(), self.scale), self.targets[index]
 
@@ -191,10 +230,11 @@ def describe_loader(loader):
 
 
 def make_loaders(train_set, test_set, batch_size, workers, seed=None, pin_memory=False, loader="torch",
-                 device="cpu"):
+                 device="cpu", shard=None):
     """Training loader shuffled by its own generator (so resume can restore the data order) and an ordered
     test loader: torchvision's per-image pipeline in DataLoader workers ('torch'), or the whole in-memory
     dataset on `device` with batched augmentation ('tensor'); 'auto' takes 'tensor' for in-memory datasets.
+    `shard` (rank, ranks): both give that rank's part of each batch of `batch_size` (ShardedBatches).
     Returns (train_loader, test_loader, generator)."""
     generator = torch.Generator()
     if seed is None:
@@ -207,12 +247,18 @@ def make_loaders(train_set, test_set, batch_size, workers, seed=None, pin_memory
     if loader == "tensor":
         if not in_memory:
             raise UserError("--loader tensor needs an in-memory dataset (cifar, digits, fake); use --loader torch")
-        return (TensorLoader(train_set, batch_size, device, True, generator),
-                TensorLoader(test_set, batch_size, device, False), generator)
+        return (TensorLoader(train_set, batch_size, device, True, generator, shard=shard),
+                TensorLoader(test_set, batch_size, device, False, shard=shard), generator)
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator, **common)
-    test_loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, **common)
-    return train_loader, test_loader, generator
+    if shard is None:
+        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator, **common)
+        test_loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, **common)
+        return train_loader, test_loader, generator
+    # The sampler draws the network's order; the workers' seeds come from this rank's global generator.
+    train_batches = ShardedBatches(RandomSampler(train_set, generator=generator), batch_size, *shard)
+    test_batches = ShardedBatches(SequentialSampler(test_set), batch_size, *shard)
+    return (DataLoader(train_set, batch_sampler=train_batches, **common),
+            DataLoader(test_set, batch_sampler=test_batches, **common), generator)
 
 
 def imagenet_transforms(crop_size=224, resize_size=256):

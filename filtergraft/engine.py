@@ -37,6 +37,15 @@ def is_out_of_memory(err):
         isinstance(err, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text))
 
 
+# --amp: autocast dtypes by name; fp16 also scales the loss (torch.amp.GradScaler) against underflow.
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device, amp):
+    """Autocast to `amp` (a name of AMP_DTYPES) on `device`'s type, or a context that changes nothing (None)."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.bfloat16), enabled=amp is not None)
+
+
 def sgd(model, lr, momentum=0.9, weight_decay=5e-4):
     """SGD with momentum and weight decay over all parameters that require gradients."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -84,22 +93,25 @@ def correct_topk(logits, targets, topk):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, topk=(1,), prefix="test", amp=False, memory_format=torch.contiguous_format):
-    """{prefix_loss: mean cross-entropy, prefix_acc: top-1 %, prefix_acc<k>: top-k %} of `model` on `loader`."""
+def evaluate(model, loader, device, topk=(1,), prefix="test", amp=None, memory_format=torch.contiguous_format,
+             group=None):
+    """{prefix_loss: mean cross-entropy, prefix_acc: top-1 %, prefix_acc<k>: top-k %} of `model` on `loader`;
+    with a parallel.NetworkGroup, `loader` is this rank's shard and the sums are those of all shards."""
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros(len(topk), device=device)
-    seen = 0
+    sums = torch.zeros(2 + len(topk), device=device)  # loss, images seen, top-k hits
     for inputs, targets in loader:
         inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, amp):
             logits = model(inputs).float()
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
-        correct += correct_topk(logits, targets, topk)
-        seen += targets.size(0)
-    accs = (100.0 * correct / seen).tolist()
-    result = {f"{prefix}_loss": loss_sum.item() / seen, f"{prefix}_acc": accs[0]}
+        sums[0] += F.cross_entropy(logits, targets, reduction="sum")
+        sums[1] += targets.size(0)
+        sums[2:] += correct_topk(logits, targets, topk)
+    if group is not None:
+        group.sum_(sums)
+    loss_sum, seen, *correct = sums.tolist()
+    accs = [100.0 * c / seen for c in correct]
+    result = {f"{prefix}_loss": loss_sum / seen, f"{prefix}_acc": accs[0]}
     for k, acc in zip(topk[1:], accs[1:]):
         result[f"{prefix}_acc{k}"] = acc
     return result
@@ -111,14 +123,19 @@ class Trainer:
 
     def __init__(self, model, optimizer, train_loader, test_loader, session, *, device, epochs,
                  schedule, loss_fn=cross_entropy_loss, print_freq=50, topk=(1,), after_backward=None,
-                 check_abort=None, generator=None, meta=None, amp=False, channels_last=False, compile=None):
+                 check_abort=None, generator=None, meta=None, amp=None, channels_last=False, compile=None,
+                 group=None):
         self.model = model
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             model.to(memory_format=torch.channels_last)
+        # With a parallel.NetworkGroup the network trains under DistributedDataParallel over its ranks.
+        self.group = group
+        forward = group.wrap(model) if group is not None else model
         # The compiled module shares its parameters with `model`, whose state dict keeps the plain names.
-        self.forward = torch.compile(model, backend=compile) if compile else model
+        self.forward = torch.compile(forward, backend=compile) if compile else forward
         self.amp = amp
+        self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
         self.optimizer = optimizer
         self.schedule = schedule
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -145,7 +162,7 @@ class Trainer:
         return inputs, targets.to(self.device, non_blocking=True)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+        return autocast(self.device, self.amp)
 
     @property
     def lr(self):
@@ -168,7 +185,8 @@ class Trainer:
 
     def evaluate(self, prefix="test"):
         """Mean cross-entropy and top-k accuracies (percent) on the test loader."""
-        return evaluate(self.forward, self.test_loader, self.device, self.topk, prefix, self.amp, self.memory_format)
+        return evaluate(self.forward, self.test_loader, self.device, self.topk, prefix, self.amp, self.memory_format,
+                        self.group)
 
     def last_checkpoint(self, epoch, record=None):
         """Everything --resume needs to continue after `epoch`, with that epoch's metrics `record` (what a
@@ -177,6 +195,8 @@ class Trainer:
         state = {"net": self.model.state_dict(), "epoch": epoch, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "best_acc": self.best_acc,
                  "rng": rng_state(*generators), **self.meta}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         return state if record is None else {**state, "metrics": record}
 
     def resume(self, state=None, source=None):
@@ -196,6 +216,8 @@ class Trainer:
             self.scheduler.load_state_dict(saved)
             self._set_rate(self.scheduler.last_epoch)
         self.best_acc = state.get("best_acc", 0.0)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         if "rng" in state:
             set_rng_state(state["rng"], *([self.generator] if self.generator is not None else []))
         self.start_epoch = state["epoch"] + 1
@@ -282,13 +304,10 @@ class TrainPass:
         with t._autocast():
             logits = t.forward(inputs)
             loss, self.parts = t.loss_fn(logits, targets, inputs)
-        t.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.after_backward is not None:
-            t.after_backward(t.model)
-        t.optimizer.step()
-        t.scheduler.step()
         n = targets.size(0)
+        t.optimizer.zero_grad(set_to_none=True)
+        self.backward(loss * self.share(n))
+        t.scheduler.step()
         values = torch.stack([loss.detach(), *(p.detach() for p in self.parts.values())]) * n
         self.totals = values if self.totals is None else self.totals + values
         self.correct += correct_topk(logits.detach(), targets, (1,))[0]
@@ -299,9 +318,42 @@ class TrainPass:
                     f"acc {100.0 * self.correct.item() / self.seen:.2f}% lr {t.lr:.5f}")
             t.session.log(line, console=self.console)
 
+    def share(self, n):
+        """The factor of this rank's mean loss over its `n` images that makes the mean DistributedDataParallel
+        takes over the ranks the mean over the whole batch: n·M / (the batch), 1 but for a last batch that
+        does not split evenly (and 1 without ranks)."""
+        t = self.trainer
+        if t.group is None or self.steps + 1 < self.batches:
+            return 1.0
+        batch = t.group.sum_(torch.tensor([float(n)], device=t.device)).item()
+        return n * t.group.size / batch
+
+    def backward(self, loss):
+        """Gradients of `loss`, the step after backward, the optimizer step; with fp16 through the gradient
+        scaler, the gradients unscaled before the step after backward sees them."""
+        t = self.trainer
+        if t.scaler is None:
+            loss.backward()
+            if t.after_backward is not None:
+                t.after_backward(t.model)
+            t.optimizer.step()
+            return
+        t.scaler.scale(loss).backward()
+        if t.after_backward is not None:
+            t.scaler.unscale_(t.optimizer)
+            t.after_backward(t.model)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+
     def result(self):
-        """{train_loss, train_acc, train_<part>...}: the means over the pass."""
-        means = (self.totals / self.seen).tolist()
-        result = {"train_loss": means[0], "train_acc": 100.0 * self.correct.item() / self.seen}
+        """{train_loss, train_acc, train_<part>...}: the means over the pass (over all ranks of a network)."""
+        t = self.trainer
+        sums = torch.cat([self.totals, self.correct.view(1).to(self.totals.dtype),
+                          torch.tensor([float(self.seen)], device=self.totals.device)])
+        if t.group is not None:
+            t.group.sum_(sums)
+        *totals, correct, seen = sums.tolist()
+        means = [total / seen for total in totals]
+        result = {"train_loss": means[0], "train_acc": 100.0 * correct / seen}
         result.update({f"train_{name}": value for name, value in zip(self.parts, means[1:])})
         return result

@@ -17,7 +17,7 @@ DEFAULT_C = 500.0
 # How layer_entropy bins: as the released code (the default) or corrected (SPEC §3).
 ENTROPY_BINS = ("release", "closed")
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
-NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 # Modules that pass channel j of their input to channel j of their output without mixing channels.
 CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
                nn.Dropout, nn.Flatten, nn.Identity)

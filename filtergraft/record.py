@@ -74,6 +74,9 @@ class RunRecord:
     heartbeat_timeout: float = None
     exchange: str = None
     pack: list = None  # --pack: the networks trained together in the process that wrote the record
+    ranks_per_network: int = None  # torchrun ranks training each network data-parallel (parallel.py)
+    rank: int = None  # this process's rank among its network's (0: the leader, which writes the session)
+    sync_bn: bool = None  # BatchNorm statistics over all ranks of a network
     # grafting+
     teachers: list = None  # [{"arch", "checkpoint"}]
     T: float = None
@@ -92,7 +95,7 @@ class RunRecord:
     print_freq: int = None
     device: str = None
     loader: str = None
-    amp: bool = None
+    amp: str = None  # "bf16" or "fp16" autocast (sessions before fp16 recorded True for bf16)
     channels_last: bool = None
     compile: str = None
     deterministic: bool = None

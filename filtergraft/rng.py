@@ -12,6 +12,11 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def rank_seed(seed, rank):
+    """The global generators' seed of rank `rank` > 0 of a network seeded `seed` (its own augmentation)."""
+    return (seed * 1_000_003 + rank) % 2**63
+
+
 def numpy_state():
     """NumPy's global generator state as plain data and a tensor (its MT19937 key), so that a checkpoint
     holding it loads with weights_only=True."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import Terminated, UserError
 from .grafting import Grafter, graft_internal, graft_noise
-from .ring import announce_failure, announce_start, open_ring
+from .ring import announce_failure, announce_start, open_ring, uses_ring
 from .session import AlreadyRunning, claim_run, network_files, release_run, stale_temporaries
 
 SOURCES = ("external", "noise", "internal")
@@ -18,14 +18,17 @@ LEVELS = ("layer", "filter")
 class GraftHook:
     """The end-of-epoch graft of network `record` (a record.RunRecord, SPEC §3): publish, receive the
     predecessor's weights through `exchange`, graft; or a scion of its own (record.source). With
-    `evaluate` (--eval-grafted), the grafted network is evaluated too (test_acc_grafted). A pack calls
-    `publish` for all its members before any `complete`s, since each member receives from another."""
+    `evaluate` (--eval-grafted), the grafted network is evaluated too (test_acc_grafted). `share()`, when
+    given, hands the grafted weights to the network's other ranks and returns every rank's digest of them
+    (parallel.NetworkGroup.share_weights), kept as the graft's rank_digests.
+    A pack calls `publish` for all its members before any `complete`s, since each member receives from another."""
 
-    def __init__(self, model, record, exchange=None, evaluate=None):
+    def __init__(self, model, record, exchange=None, evaluate=None, share=None):
         self.model = model
         self.record = record
         self.exchange = exchange
         self.evaluate = evaluate
+        self.share = share
         self.grafter = Grafter.for_record(model, record)
         self._published = (None, 0.0)  # (the pre-graft state dict offered, seconds publishing took)
 
@@ -57,11 +60,28 @@ class GraftHook:
             waited = time.perf_counter() - start
             entry = {"peer": self.exchange.peer, "level": r.level, "layers": self.grafter.graft(peer)}
             entry["wait_time"] = waited
+        if self.share is not None:
+            entry["rank_digests"] = self.share()
         entry["time"] = publishing + time.perf_counter() - start
         if self.evaluate is None:
             return {"graft": entry}
         grafted = self.evaluate()
         return {"graft": entry, "test_loss_grafted": grafted["test_loss"], "test_acc_grafted": grafted["test_acc"]}
+
+
+class RankGraft:
+    """The end-of-epoch graft on a network's ranks other than its leader: take the weights the leader
+    grafted (`share`), and join the evaluation of the grafted network (--eval-grafted) when there is one."""
+
+    def __init__(self, share, evaluate=None):
+        self.share = share
+        self.evaluate = evaluate
+
+    def __call__(self, epoch):
+        self.share()
+        if self.evaluate is not None:
+            self.evaluate()
+        return {}
 
 
 def _reason(err):
@@ -86,6 +106,9 @@ def running_network(record, files=None):
     (ring.announce_start). An error before the ring opens (bad data, a refused resume, SIGTERM) still leaves
     what the ring's backend needs (ring.announce_failure), so the peers stop at once instead of waiting for
     a network that never comes. `files`: a single run's files (default: network i's)."""
+    if record.rank:  # a network's ranks but its leader leave its session's files to the leader
+        yield
+        return
     records = [dataclasses.replace(record, index=i) for i in record.pack] if record.pack else [record]
     owned = [(r, files or network_files(r.index)) for r in records]
     ring = (record.num or 1) > 1
@@ -129,30 +152,63 @@ def log_failure(session, err):
     return reason
 
 
+def graft_hook(trainer, record, exchange):
+    """The end-of-epoch graft of network record.index, or None when it does not graft: on a network's
+    leader (or its one rank) a GraftHook that shares the grafted weights with its other ranks, on those a
+    RankGraft."""
+    if not uses_ring(record) and record.source == "external":
+        return None
+    group = trainer.group
+    share = (lambda: group.share_weights(trainer.model)) if group is not None else None
+    evaluate = trainer.evaluate if record.eval_grafted else None
+    if record.rank:
+        return RankGraft(share, evaluate)
+    return GraftHook(trainer.model, record, exchange, evaluate, share)
+
+
+def rank_failure(group, err):
+    """With several ranks per network: the error to end with when another rank is the cause (it is named,
+    parallel.NetworkGroup.culprit; a collective it broke becomes that one line), else `err`; this rank's own
+    stop is announced."""
+    culprit = group.culprit()
+    group.announce_failure(outside=isinstance(err, (KeyboardInterrupt, SystemExit)))
+    if culprit is None:
+        return err
+    line = f"{group.name()} stops: {culprit}"
+    if isinstance(err, Terminated):
+        err.reason = line
+        return err
+    return err if isinstance(err, (UserError, KeyboardInterrupt, SystemExit)) else UserError(line)
+
+
 def run_network(trainer, record):
     """Train `trainer`'s network (assembled, and resumed, by assembly.build_trainer) as network
     record.index of the session, grafting every epoch when the session has peers or a scion source; any
-    failure is logged and announced to the peers."""
+    failure is logged and announced to the peers. With several ranks per network, only the leader joins the
+    ring; the others take its grafted weights."""
     session = trainer.session
-    exchange = open_ring(record, arch=record.arch, device=trainer.device, log=session.log)
-    grafting = exchange is not None or record.source != "external"
+    exchange = None if record.rank else open_ring(record, arch=record.arch, device=trainer.device, log=session.log)
+    group = trainer.group
     try:
-        hook = None
-        if grafting:
-            hook = GraftHook(trainer.model, record, exchange, trainer.evaluate if record.eval_grafted else None)
+        hook = graft_hook(trainer, record, exchange)
         if exchange is not None:
             trainer.check_abort = exchange.check
             session.log(graft_line(record, exchange.peer, hook.grafter))
         trainer.fit(hook)
     except BaseException as err:
-        reason = log_failure(session, err)
+        stop = rank_failure(group, err) if group is not None else err
+        reason = log_failure(session, stop)
         if exchange is not None:
             culprit = exchange.close(error=reason)
-            if isinstance(err, Terminated) and culprit:
+            if isinstance(err, Terminated) and culprit and not err.reason:
                 err.reason = culprit  # the one line the script ends with names who stopped the ring
+        if stop is not err:
+            raise stop from None
         raise
     if exchange is not None:
         exchange.close()
+    if group is not None:
+        group.close()
     session.log(f"network {record.index} finished: best test accuracy {trainer.best_acc:.2f}%")
     session.close()
     return trainer.best_acc

@@ -5,6 +5,8 @@
 # checkpoint/grafting_<MODEL>_c<CIFAR>_n<NUM>), EPOCHS (200), LR (0.1), DATA (../data).
 # PACK=1: the networks in one process per GPU of GPUS (contiguous packs; one pack on the CPU), each exactly
 # the network its own process would train (--pack). Any flags given are passed to every network.
+# Several GPUs or machines: EXCHANGE, RANKS_PER_NETWORK (each network on M torchrun ranks), NPROC_PER_NODE,
+# NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, as scripts/launch_lib.sh says.
 set -u
 source "$(dirname "$0")/../scripts/launch_lib.sh"
 MODEL=${MODEL:-resnet32}

@@ -104,6 +104,8 @@ def train(record):
         files=network_files(record.index), seed=network_seed(record), topk=TOPK,
         describe=f"crop {record.crop_size}" + (f", {weights}" if weights is not None else ""))
     run_network(trainer, record)
+    if record.rank:
+        return  # the network's leader writes its metrics and says how it ended
     last = read_jsonl(trainer.session.metrics_path)[-1]
     top5 = f" top-5 {last['test_acc5']:.2f}%" if "test_acc5" in last else ""
     print(f"network {record.index}: epoch {last['epoch']} top-1 {last['test_acc']:.2f}%{top5} "

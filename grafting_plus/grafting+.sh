@@ -13,6 +13,8 @@
 # one process per GPU, --pack), ROW_NAMES (the rows to train, of "baseline grafting distillation grafting+";
 # empty: the teacher only).
 # Flags given are passed to the four student rows. A row already trained is kept; one cut short resumes.
+# Several GPUs or machines: EXCHANGE, RANKS_PER_NETWORK (each network on M torchrun ranks), NPROC_PER_NODE,
+# NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, as scripts/launch_lib.sh says.
 set -u
 source "$(dirname "$0")/../scripts/launch_lib.sh"
 TEACHER=${TEACHER:-resnet56}

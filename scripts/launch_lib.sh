@@ -16,6 +16,12 @@
 # report (for this machine's networks), and torchrun's own output in SESSION_DIR/torchrun_node<NODE_RANK>.out.
 # A single network has nothing to exchange and starts as with EXCHANGE=file.
 #
+# RANKS_PER_NETWORK=M (default 1) trains every network on M torchrun ranks (DistributedDataParallel, the
+# network's batch -b split over them), with either EXCHANGE: NPROC_PER_NODE processes on this machine
+# (default NUM x M: NUM networks here), NNODES x NPROC_PER_NODE ranks in all, network i on ranks
+# (i - 1) x M .. i x M - 1, so a network stays on one machine when M divides NPROC_PER_NODE. Rank 0 of a
+# network (its leader) writes its <i>.out; rank k > 0 writes <i>.rank<k>.out.
+#
 # PACK=1 (launch_session, launch_packs below) starts one process per GPU instead, each training a
 # contiguous pack of the networks (--pack --members FIRST-LAST).
 
@@ -40,15 +46,21 @@ gpu_for() {
     return 0
 }
 
-# ring_launcher NUM: how a ring of NUM networks on this machine starts, the one reading of $EXCHANGE:
-# "torchrun" for dist with more than one network over all NNODES machines, else "processes" (file, or a
-# single network, which has nothing to exchange); an unknown EXCHANGE is an error.
+# ring_launcher NUM: how a ring of NUM networks on this machine starts, the one reading of $EXCHANGE and
+# $RANKS_PER_NETWORK: "torchrun" for dist with more than one network over all NNODES machines or for more
+# than one rank per network, else "processes" (file, or a single network, which has nothing to exchange);
+# an unknown EXCHANGE or a RANKS_PER_NETWORK that is no count is an error.
 ring_launcher() {
+    check_count RANKS_PER_NETWORK "${RANKS_PER_NETWORK:-1}" ranks || return 2
     case "${EXCHANGE:-file}" in
-        file) echo processes ;;
-        dist) if [ $(($1 * ${NNODES:-1})) -gt 1 ]; then echo torchrun; else echo processes; fi ;;
+        file|dist) ;;
         *) echo "error: EXCHANGE must be file or dist, not '$EXCHANGE'" >&2; return 2 ;;
     esac
+    if [ "${RANKS_PER_NETWORK:-1}" -gt 1 ] || { [ "${EXCHANGE:-file}" = dist ] && [ $(($1 * ${NNODES:-1})) -gt 1 ]; }; then
+        echo torchrun
+    else
+        echo processes
+    fi
 }
 
 # session_file DIR I KIND...: the paths of network I's files of each KIND (log, console, metrics, best,
@@ -57,10 +69,11 @@ session_file() {
     "$PYTHON" -m filtergraft.results.launcher file "$@"
 }
 
-# check_count NAME VALUE: VALUE is a whole number of 1 or more, else one line saying so (status 2).
+# check_count NAME VALUE [WHAT]: VALUE is a whole number of 1 or more (of WHAT: networks), else one line
+# saying so (status 2).
 check_count() {
     if ! [[ "$2" =~ ^[1-9][0-9]*$ ]]; then
-        echo "error: $1 must be a whole number of networks, 1 or more, not '$2'" >&2
+        echo "error: $1 must be a whole number of ${3:-networks}, 1 or more, not '$2'" >&2
         return 2
     fi
 }
@@ -164,14 +177,15 @@ report_exit() {
     fi
 }
 
-# dist_worker STATUS_DIR SESSION_DIR THREADS PYTHON FLAGS...: one torchrun worker, network RANK + 1 on the
-# GPU gpu_for gives its local rank (or the CPU), console to SESSION_DIR/<i>.out. It outlives torchrun's
-# SIGTERM until the network has said why it stops, and leaves the exit status in STATUS_DIR/<i>.
+# dist_worker STATUS_DIR SESSION_DIR THREADS PYTHON M FLAGS...: one torchrun worker, rank RANK % M of network
+# RANK / M + 1 on the GPU gpu_for gives its local rank (or the CPU), console to rank_console's file. It
+# outlives torchrun's SIGTERM until the network has said why it stops, and leaves the exit status in
+# STATUS_DIR/<RANK>.
 dist_worker() {
-    local status_dir=$1 dir=$2 threads=$3 python=$4
-    shift 4
-    local i=$((RANK + 1)) gpu child rc out
-    out=$(PYTHON=$python session_file "$dir" "$i" console) || return 1
+    local status_dir=$1 dir=$2 threads=$3 python=$4 m=$5
+    shift 5
+    local gpu child rc out
+    out=$("$python" -m filtergraft.results.launcher rank-console "$dir" $((RANK / m + 1)) $((RANK % m))) || return 1
     gpu=$(gpu_for "$((LOCAL_RANK + 1))")
     if [ -n "$gpu" ]; then
         export CUDA_VISIBLE_DEVICES=$gpu
@@ -185,17 +199,26 @@ dist_worker() {
     while kill -0 "$child" 2>/dev/null; do wait "$child"; done
     wait "$child"
     rc=$?
-    echo "$rc" >"$status_dir/$i"
+    echo "$rc" >"$status_dir/$RANK"
     return "$rc"
 }
 
 launch_torchrun() {
     local script=$1 num=$2 dir=$3
     shift 3
-    local nnodes=${NNODES:-1} node=${NODE_RANK:-0}
-    local threads=$(( $(nproc) / num ))
+    local nnodes=${NNODES:-1} node=${NODE_RANK:-0} m=${RANKS_PER_NETWORK:-1} exchange=${EXCHANGE:-file}
+    local nproc=${NPROC_PER_NODE:-$((num * m))}
+    check_count NPROC_PER_NODE "$nproc" processes || return 2
+    local world=$((nnodes * nproc))
+    if [ $((world % m)) -ne 0 ]; then
+        echo "error: $nnodes x $nproc ranks (NNODES x NPROC_PER_NODE) do not split into networks of" \
+             "RANKS_PER_NETWORK=$m ranks; make NNODES x NPROC_PER_NODE a multiple of $m" >&2
+        return 2
+    fi
+    [ "$m" -gt 1 ] || exchange=dist  # one rank per network: torchrun is there for the dist exchange
+    local threads=$(( $(nproc) / nproc ))
     [ "$threads" -ge 1 ] || threads=1
-    local run=(--nproc_per_node="$num")
+    local run=(--nproc_per_node="$nproc")
     if [ "$nnodes" -eq 1 ] && [ -z "${MASTER_PORT:-}" ]; then
         run+=(--standalone)  # a free port of its own: sessions side by side do not collide
     else
@@ -203,16 +226,17 @@ launch_torchrun() {
         [ -n "${MASTER_ADDR:-}" ] && run+=(--master_addr="$MASTER_ADDR")
         [ -n "${MASTER_PORT:-}" ] && run+=(--master_port="$MASTER_PORT")
     fi
-    local status_dir
+    local status_dir first=$((node * nproc)) last=$(((node + 1) * nproc - 1))
     status_dir=$(mktemp -d) || return 1
-    echo "torchrun: networks $((node * num + 1))..$(((node + 1) * num)) of $((nnodes * num)) on this machine:" \
-         "logs in $dir/<i>.log, torchrun's in $dir/torchrun_node$node.out"
+    echo "torchrun: ranks $first..$last of $world on this machine, networks $((first / m + 1))..$((last / m + 1))" \
+         "of $((world / m)) ($m rank(s) each): logs in $dir/<i>.log, torchrun's in $dir/torchrun_node$node.out"
     # `--` keeps torchrun from taking the script's --num for its own --numa-binding.
     "$PYTHON" -m torch.distributed.run "${run[@]}" --no-python -- \
         bash -c 'source "$0" && dist_worker "$@"' "$REPO_ROOT/scripts/launch_lib.sh" \
-        "$status_dir" "$dir" "${OMP_NUM_THREADS:-$threads}" "$PYTHON" "$script" \
-        --num "$((nnodes * num))" --s "$dir" --exchange dist "$@" >"$dir/torchrun_node$node.out" 2>&1 &
-    local torchrun=$! status i
+        "$status_dir" "$dir" "${OMP_NUM_THREADS:-$threads}" "$PYTHON" "$m" "$script" \
+        --num "$((world / m))" --ranks-per-network "$m" --s "$dir" --exchange "$exchange" "$@" \
+        >"$dir/torchrun_node$node.out" 2>&1 &
+    local torchrun=$! status r name
     # torchrun stops its workers on SIGTERM as on a failure of one of them
     trap 'kill -s TERM "$torchrun" 2>/dev/null' INT TERM
     while :; do
@@ -221,11 +245,14 @@ launch_torchrun() {
         kill -0 "$torchrun" 2>/dev/null || break  # still running: a signal broke off the wait
     done
     trap - INT TERM
-    for i in $(seq $((node * num + 1)) $(((node + 1) * num))); do
-        if [ -f "$status_dir/$i" ]; then
-            report_exit "$i" "$(cat "$status_dir/$i")" "$(session_file "$dir" "$i" console)"
+    for r in $(seq "$first" "$last"); do
+        name=$((r / m + 1))
+        [ $((r % m)) -eq 0 ] || name="$name rank $((r % m))"
+        if [ -f "$status_dir/$r" ]; then
+            report_exit "$name" "$(cat "$status_dir/$r")" \
+                "$("$PYTHON" -m filtergraft.results.launcher rank-console "$dir" $((r / m + 1)) $((r % m)))"
         else
-            echo "network $i: did not run to an exit status (see $dir/torchrun_node$node.out)"
+            echo "network $name: did not run to an exit status (see $dir/torchrun_node$node.out)"
         fi
     done
     [ "$status" -eq 0 ] || echo "torchrun: exit $status (see $dir/torchrun_node$node.out)"

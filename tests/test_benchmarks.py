@@ -104,3 +104,17 @@ def test_bench_pack_table():
         assert 512 / (fastest + 0.005) - 0.5 <= best <= 512 / (fastest - 0.005) + 0.5
     shown = float(ratio.lstrip("×"))
     assert shown == pytest.approx(rates[0][1] / rates[1][1], rel=0.02, abs=0.01)
+
+
+def test_bench_ranks_table():
+    """One network on 1 and on 2 ranks of the real script: a row each, the speed-up their rates' ratio."""
+    result = run_script("scripts/bench_ranks.py", "--dataset", "fake", "--epochs", "2", "--ranks", "1", "2",
+                        timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("# one resnet20 network on fake, batch 128 over its ranks, 2 epochs; ")
+    header, *rows = table_rows(result.stdout)
+    assert header == ["ranks", "images/s", "speed-up", "final test acc"]
+    assert [row[0] for row in rows] == ["1", "2"]
+    rates = [number(row[1]) for row in rows]
+    assert all(rate > 0 for rate in rates) and rows[0][2] == "1.00x"
+    assert float(rows[1][2].rstrip("x")) == pytest.approx(rates[1] / rates[0], rel=0.01, abs=0.01)

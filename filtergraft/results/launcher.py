@@ -15,6 +15,9 @@ no torch, so that each call starts in well under a second):
         sends its output) in session DIR, one a line
     python -m filtergraft.results.launcher pack-console DIR FIRST LAST
         where a launcher sends the console of the pack of networks FIRST..LAST (--pack) in session DIR
+    python -m filtergraft.results.launcher rank-console DIR I K
+        where a launcher sends the console of rank K of network I (several ranks per network; K = 0 is the
+        network's own console) in session DIR
 
 A metrics line cut short by a kill is skipped, as everywhere sessions are read.
 """
@@ -27,7 +30,7 @@ from ..session import (PRUNE_REPORT, SINGLE_RUN_FILES, SessionFiles, console_fil
 
 FILE_KINDS = (*(f.name for f in fields(SessionFiles)), "console")
 USAGE = ('usage: launcher.py done DIR NUM | state DIR NUM EPOCHS | table ROOT TEACHER_DIR "NAME NUM"... | file DIR I KIND... | '
-         'pack-console DIR FIRST LAST')
+         'pack-console DIR FIRST LAST | rank-console DIR I K')
 
 
 def _network(root, index):
@@ -82,6 +85,8 @@ def main(argv):
         print("\n".join(f"{args[0]}/{network_file(int(args[1]), kind)}" for kind in args[2:]))  # DIR as given
     elif mode == "pack-console" and len(args) == 3:
         print(f"{args[0]}/{pack_console_file(int(args[1]), int(args[2]))}")
+    elif mode == "rank-console" and len(args) == 3:
+        print(f"{args[0]}/{console_file(int(args[1]), int(args[2]))}")
     elif mode == "table" and len(args) >= 3:
         rows = [(name, int(num)) for name, num in (row.split() for row in args[2:])]
         print("\n".join(best_table(args[0], args[1], rows)))

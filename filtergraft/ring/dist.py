@@ -39,6 +39,23 @@ def torchrun_rank():
                         "EXCHANGE=dist in the launch scripts") from None
 
 
+def torchrun_store():
+    """A new client of torchrun's store (the TCP key-value store every worker reaches at MASTER_ADDR:MASTER_PORT),
+    with this run's keys under a prefix of their own."""
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(seconds=STORE_TIMEOUT))
+    prefix = (f"filtergraft/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
+              f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/")
+    return dist.PrefixStore(prefix, store)
+
+
+def use_local_gpu(record):
+    """With several GPUs visible and no --device, a torchrun worker takes GPU LOCAL_RANK (modulo their count)."""
+    count = torch.cuda.device_count()
+    if record.device is None and count > 1:
+        record.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % count}"
+
+
 def floating_items(state):
     """The (name, tensor) pairs of a state dict that grafting mixes: the floating-point ones."""
     return [(k, t) for k, t in state.items() if torch.is_tensor(t) and t.is_floating_point()]
@@ -115,8 +132,9 @@ class DistRingExchange(RingMember):
     # a store round trip is cheap and the peer is usually close behind: poll at a steady pace
     POLL_DELAYS = (POLL_SECONDS, POLL_SECONDS)
 
-    def __init__(self, index, num, **settings):
+    def __init__(self, index, num, ranks_per_network=1, **settings):
         super().__init__(index, num, **settings)
+        self._ranks_per_network = ranks_per_network
         self._address = None
         self._store = None
         self._watch_store = None
@@ -127,6 +145,15 @@ class DistRingExchange(RingMember):
         self._received = None
 
     @classmethod
+    def for_record(cls, record, **settings):
+        """Network record.index's member; with several ranks per network (parallel.py), its leader's."""
+        return cls(record.index, record.num, ranks_per_network=record.ranks_per_network or 1, **settings)
+
+    def _rank_of(self, index):
+        """The torchrun rank of network `index`'s leader (its ranks are consecutive, parallel.RankLayout)."""
+        return (index - 1) * self._ranks_per_network
+
+    @classmethod
     def place(cls, record):
         """Number network `record` as torchrun does: rank r is network r + 1 of WORLD_SIZE; with several
         visible GPUs and no device of its own, rank r uses GPU LOCAL_RANK."""
@@ -135,19 +162,9 @@ class DistRingExchange(RingMember):
             raise UserError(f"--num {record.num} does not match the {world} processes torchrun started "
                             f"(WORLD_SIZE); pass --num {world}")
         record.index, record.num = rank + 1, world
-        count = torch.cuda.device_count()
-        if record.device is None and count > 1:
-            record.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % count}"
+        use_local_gpu(record)
 
     # -- the store ---------------------------------------------------------------------------------
-
-    def _connect(self):
-        """A new client of torchrun's store, with this session's keys under their own prefix."""
-        store = dist.TCPStore(self._address[0], self._address[1], is_master=False,
-                              timeout=timedelta(seconds=STORE_TIMEOUT))
-        prefix = (f"filtergraft/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
-                  f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/")
-        return dist.PrefixStore(prefix, store)
 
     def _events(self, store):
         return [json.loads(line) for line in store.get("events").decode().splitlines() if line]
@@ -164,15 +181,16 @@ class DistRingExchange(RingMember):
     def start(self):
         """Join torchrun's store, wait (bounded) until every network has, then set up the process group."""
         rank, world = torchrun_rank()
-        if (rank + 1, world) != (self.index, self.num):
+        if (rank, world) != (self._rank_of(self.index), self.num * self._ranks_per_network):
             raise self._error(f"network {self.index} of {self.num} runs as torchrun rank {rank} of {world}; "
-                              f"with --exchange dist, --i is RANK + 1 and --num is WORLD_SIZE")
+                              f"with --exchange dist, --i is RANK + 1 and --num is WORLD_SIZE (with M ranks per "
+                              f"network, RANK / M + 1 and WORLD_SIZE / M)")
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
             raise UserError("--exchange dist shares torchrun's store between the networks; start them with "
                             "torchrun (static or c10d rendezvous), not by setting RANK/WORLD_SIZE by hand")
         self._address = (os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
         try:
-            self._store = self._connect()
+            self._store = torchrun_store()
         except (RuntimeError, ValueError) as err:
             raise self._error(f"network {self.index} cannot reach torchrun's store at {self._where()} "
                               f"({_first_line(err)})") from None
@@ -250,7 +268,7 @@ class DistRingExchange(RingMember):
     def _watch_loop(self):
         """Watch through a store client of the watcher's own (the main thread's may be in a call)."""
         try:
-            self._watch_store = self._connect()
+            self._watch_store = torchrun_store()
         except (RuntimeError, ValueError) as err:
             self._failure = f"lost torchrun's store at {self._where()} ({_first_line(err)})"
             return
@@ -293,8 +311,8 @@ class DistRingExchange(RingMember):
         self._poll(f"accepted/{self.successor}", lambda e: e >= epoch, deadline,
                    f"network {self.successor} to take the weights of epoch {epoch}")
         self._received = reusable(self._received, mine["numel"], self._send.dtype, self._comm_device)
-        works = dist.batch_isend_irecv([dist.P2POp(dist.isend, self._send, self.successor - 1),
-                                        dist.P2POp(dist.irecv, self._received, self.peer - 1)])
+        works = dist.batch_isend_irecv([dist.P2POp(dist.isend, self._send, self._rank_of(self.successor)),
+                                        dist.P2POp(dist.irecv, self._received, self._rank_of(self.peer))])
         try:
             for work in works:
                 work.wait(timedelta(seconds=max(deadline - time.monotonic(), 1.0)))

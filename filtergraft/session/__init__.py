@@ -5,6 +5,7 @@ back (StoredSession), for the summaries, the plots and the launch scripts.
     <dir>/session.json                  the run record (record.RunRecord), written by the first network
     <dir>/<i>.log  metrics_<i>.jsonl  best_<i>.t7  last_<i>.t7      network i of a grafting session
     <dir>/<i>.out                       network i's console, written by the launchers
+    <dir>/<i>.rank<k>.out               the console of rank k > 0 of network i (several ranks per network)
     <dir>/<i>.lock  (run.lock)          held while network i (a single run) runs: one process each
     <dir>/pack_<a>-<b>.out              the console of the pack of networks a..b (--pack), by the launchers
     <dir>/pack_<a>-<b>.commit           while that pack moves its members' last_<i>.t7.pending into place
@@ -26,4 +27,4 @@ from .names import (CONFIG_FILE, EXCHANGE_DIR, MARKERS, PLOTS_DIR, PRUNE_LOG, PR
 from .reader import (NOT_SESSIONS, SEARCH_DEPTH, NotASession, StoredNetwork, StoredSession, find_sessions,
                      is_session, network_indices, read_failure, read_jsonl, read_network, read_object, read_record,
                      read_session)
-from .writer import Session
+from .writer import RankSession, Session

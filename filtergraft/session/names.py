@@ -36,9 +36,9 @@ def network_files(index):
 SINGLE_RUN_FILES = SessionFiles("train.log", "metrics.jsonl", "best.pth.tar", "last.pth.tar", "run.lock")
 
 
-def console_file(index):
-    """Where a launcher sends network i's console."""
-    return f"{index}.out"
+def console_file(index, rank=0):
+    """Where a launcher sends network i's console (of its rank k > 0, with several ranks per network)."""
+    return f"{index}.out" if rank == 0 else f"{index}.rank{rank}.out"
 
 
 def exchange_dir(root):

@@ -105,6 +105,42 @@ class Session:
         return state
 
 
+class RankSession:
+    """What a network's ranks other than its leader (parallel.py) do with its session: read the leader's
+    last checkpoint to resume, write nothing, and say their log lines on their console only."""
+
+    def __init__(self, root, files, label):
+        self.root = Path(root)
+        self.files = files
+        self.metrics_path, self.best_path, self.last_path = (
+            self.root / files.metrics, self.root / files.best, self.root / files.last)
+        self.label = label
+
+    def log(self, message, console=True):
+        if console:
+            print(f"{self.label}: {message}", flush=True)
+
+    def label_console(self, label):
+        self.label = label
+
+    def close(self):
+        pass
+
+    def append_metrics(self, record):
+        pass
+
+    def sync_metrics(self, last_epoch, record=None):
+        pass
+
+    def save_best(self, checkpoint):
+        pass
+
+    def save_last(self, checkpoint):
+        pass
+
+    load_last = Session.load_last
+
+
 def _checkpoint():
     """checkpoint.py, imported when first needed: it imports torch, which reading a session does without."""
     from .. import checkpoint

@@ -18,11 +18,12 @@ RING = [*DIGITS, "--model", "resnet20", "--batch-size", "128"]
 
 
 def speed_flags(device):
-    """{label: flags} of the runs of each script: plain and each speed flag. --amp is bfloat16 autocast,
-    the one precision it offers, refused off CUDA."""
-    flags = {"plain": [], "--amp": ["--amp"], "--channels-last": ["--channels-last"], "--compile": ["--compile"]}
+    """{label: flags} of the runs of each script: plain and each speed flag. --amp is bfloat16 autocast and
+    --amp=fp16 float16 autocast with the gradient scaler, both refused off CUDA."""
+    flags = {"plain": [], "--amp": ["--amp"], "--amp=fp16": ["--amp=fp16"], "--channels-last": ["--channels-last"],
+             "--compile": ["--compile"]}
     if device.type != "cuda":
-        del flags["--amp"]
+        del flags["--amp"], flags["--amp=fp16"]
     return flags
 
 
@@ -58,7 +59,7 @@ def scripts(part):
     flags = speed_flags(device)
     if device.type == "cuda":
         native = torch.cuda.is_bf16_supported(including_emulation=False)
-        part.note(f"--amp runs bfloat16 autocast, the one precision the scripts offer; this GPU computes bfloat16 "
+        part.note(f"--amp runs bfloat16 autocast, --amp=fp16 float16 with the gradient scaler; this GPU computes bfloat16 "
                   f"{'natively' if native else 'only emulated (slowly)'}")
     on = device_flags(device)
     folder = work / "imagefolder"
@@ -128,7 +129,26 @@ def ring(part):
     for label, gpu_list, exchange in rings:
         session = work / f"ring-{exchange}-{gpu_list.replace(',', '') or 'cpu'}"
         ring_ok(part, label, session, launcher_env(session, gpu_list, EXCHANGE=exchange))
+    if gpus >= 4:
+        session = work / "ring-2x2"
+        ring_ok(part, "2 networks × 2 ranks on four GPUs (DistributedDataParallel, NCCL exchange, --sync-bn)", session,
+                launcher_env(session, "0,1,2,3", EXCHANGE="dist", RANKS_PER_NETWORK=2), flags=["--sync-bn"])
+    else:
+        part.note("fewer than four GPUs here: 2 networks × 2 ranks (RANKS_PER_NETWORK=2) were not run")
+    if device.type == "cuda":
+        shared_gpu_refused(part, work / "shared-gpu", first)
     kill_and_resume(part, work / "killed", first)
+
+
+def shared_gpu_refused(part, session, gpu):
+    """Two ranks of one network on one GPU (RANKS_PER_NETWORK=2 GPUS=<one>) end in one line before NCCL runs."""
+    session.mkdir(parents=True, exist_ok=True)
+    log = session.parent / "shared-gpu.launcher.out"
+    env = launcher_env(session, gpu, NUM=1, EPOCHS=1, RANKS_PER_NETWORK=2)
+    status, _ = run(["bash", REPO / "grafting_cifar/grafting.sh", *RING], log, 300, env)
+    line = tail(session / "1.out", 1)
+    part.check("two ranks of a network on one GPU are refused with one line", status != 0 and "share one GPU" in line,
+               f"exit {status}: {line}")
 
 
 def ring_ok(part, label, session, env, epochs=2, flags=()):
