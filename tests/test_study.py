@@ -3,6 +3,7 @@ are recomputed here from the files it read (metrics lines, checkpoints, prune.js
 nothing, and a stopped study continued without retraining the session it finished."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from filtergraft.results.study import stripe_rows
 from helpers import REPO, one_error_line, run_shell, script_env
 
 T_975_DF1 = 12.706204736174698  # Student's t quantile 0.975 at 1 degree of freedom (2 seeds)
@@ -132,9 +134,9 @@ def test_grafting_plus_stripe_and_shape_rows_recomputed(study):
     prune = {run: [json.loads((root / "stripe" / "ResNet56" / f"seed{s}" / run / "prune.json").read_text())
                    for s in SEEDS] for run in stripe}
     for run, row in stripe.items():
-        for metric, key, scale in (("params", "params_reduction", 100), ("flops", "flops_reduction", 100),
-                                   ("acc", "acc_pruned", 1)):
-            mean, std = expected_spread([scale * p[key] for p in prune[run]])
+        for metric, key in (("params", "params"), ("flops", "flops"), ("acc", "acc_pruned")):
+            values = [p[key] if metric == "acc" else 100 * (1 - p[f"{key}_pruned"] / p[key]) for p in prune[run]]
+            mean, std = expected_spread(values)
             assert row[metric]["mean"] == pytest.approx(mean, abs=1e-9)
             assert row[metric]["std"] == pytest.approx(std, abs=1e-9)
     got = stripe["sr0.01"]["acc_vs_baseline"]
@@ -143,6 +145,24 @@ def test_grafting_plus_stripe_and_shape_rows_recomputed(study):
     assert (got["mean"], got["low"], got["high"]) == pytest.approx(expected, abs=1e-6)
     assert "Shape only" in report and "Not run" not in report
     assert (root / "plots" / "stripe.png").stat().st_size > 0
+
+
+def test_stripe_reductions_are_the_percentages_of_the_counts(study, tmp_path):
+    """A run that pruned (its prune.json doctored to keep a quarter of the parameters and a tenth of the
+    FLOPs, as the release counts them): the report's reductions are 75 % and 90 %, from the counts."""
+    root, _, _ = study
+    copy = tmp_path / "ResNet56"
+    shutil.copytree(root / "stripe" / "ResNet56", copy)
+    for seed in SEEDS:
+        path = copy / f"seed{seed}" / "sr0.01" / "prune.json"
+        pruned = json.loads(path.read_text())
+        pruned.update(params_pruned=pruned["params"] // 4, flops_pruned=pruned["flops"] // 10)
+        for key in ("params", "flops"):
+            pruned[f"{key}_reduction"] = 100 * (1 - pruned[f"{key}_pruned"] / pruned[key])  # as stripe/report.py
+        path.write_text(json.dumps(pruned))
+    rows = {row["run"]: row for row in stripe_rows(copy, "ResNet56", [])}
+    assert rows["sr0.01"]["params"]["mean"] == pytest.approx(75, abs=0.01)
+    assert rows["sr0.01"]["flops"]["mean"] == pytest.approx(90, abs=0.01)
 
 
 def test_a_rerun_trains_nothing_and_other_settings_are_refused(study):

@@ -157,15 +157,15 @@ def invalid_filters(by_method, problems):
 
 
 def stripe_rows(root, arch, problems):
-    """Per run (baseline, sr<value>) of stripe/<arch>: the reductions the release counts and the pruned
-    network's accuracy per seed, and the accuracy's paired difference against the baseline."""
+    """Per run (baseline, sr<value>) of stripe/<arch>: the reductions the release counts (prune.json keeps
+    them in percent) and the pruned network's accuracy per seed, and the accuracy's paired difference
+    against the baseline."""
     runs = sorted({p.name for seed_dir in seed_dirs(root).values() for p in seed_dir.iterdir() if p.is_dir()},
                   key=lambda name: (name != "baseline", float(name[2:]) if name.startswith("sr") else 0.0))
     per_run = {}
     for name in runs:
         sessions = session_values(root, name, problems)
-        per_run[name] = {metric: {seed: 100 * s.prune[key] if key.endswith("reduction") else s.prune[key]
-                                  for seed, s in sessions.items()}
+        per_run[name] = {metric: {seed: s.prune[key] for seed, s in sessions.items()}
                          for metric, key in (("params", "params_reduction"), ("flops", "flops_reduction"),
                                              ("acc", "acc_pruned"))}
     rows = []
