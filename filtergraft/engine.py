@@ -98,18 +98,21 @@ def evaluate(model, loader, device, topk=(1,), prefix="test", amp=None, memory_f
     """{prefix_loss: mean cross-entropy, prefix_acc: top-1 %, prefix_acc<k>: top-k %} of `model` on `loader`;
     with a parallel.NetworkGroup, `loader` is this rank's shard and the sums are those of all shards."""
     model.eval()
-    sums = torch.zeros(2 + len(topk), device=device)  # loss, images seen, top-k hits
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros(len(topk), device=device)
+    seen = 0
     for inputs, targets in loader:
         inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(inputs).float()
-        sums[0] += F.cross_entropy(logits, targets, reduction="sum")
-        sums[1] += targets.size(0)
-        sums[2:] += correct_topk(logits, targets, topk)
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum")
+        correct += correct_topk(logits, targets, topk)
+        seen += targets.size(0)
+    sums = torch.cat([loss_sum.view(1), correct, torch.tensor([float(seen)], device=device)])
     if group is not None:
         group.sum_(sums)
-    loss_sum, seen, *correct = sums.tolist()
+    loss_sum, *correct, seen = sums.tolist()
     accs = [100.0 * c / seen for c in correct]
     result = {f"{prefix}_loss": loss_sum / seen, f"{prefix}_acc": accs[0]}
     for k, acc in zip(topk[1:], accs[1:]):
@@ -306,7 +309,8 @@ class TrainPass:
             loss, self.parts = t.loss_fn(logits, targets, inputs)
         n = targets.size(0)
         t.optimizer.zero_grad(set_to_none=True)
-        self.backward(loss * self.share(n))
+        share = self.share(n)
+        self.backward(loss * share if share != 1 else loss)
         t.scheduler.step()
         values = torch.stack([loss.detach(), *(p.detach() for p in self.parts.values())]) * n
         self.totals = values if self.totals is None else self.totals + values
