@@ -270,7 +270,7 @@ def grafting_record(args, script=None):
         raise UserError("--graft-timeout and --heartbeat-timeout must be positive")
     if record.lr_step is not None and record.epochs is not None:
         record.milestones = every(record.lr_step, record.epochs)
-    if (record.ranks_per_network or 1) > 1:
+    if record.network_ranks > 1:
         check_batch(record.batch_size, record.ranks_per_network)
     return record
 

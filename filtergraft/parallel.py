@@ -79,13 +79,13 @@ def place_ranks(record):
     LOCAL_RANK when several are visible. True when it placed the run, False for one rank per network."""
     world = torchrun_world()
     if world is None:
-        if (record.ranks_per_network or 1) > 1:
+        if record.network_ranks > 1:
             raise UserError(f"--ranks-per-network {record.ranks_per_network} trains each network on several "
                             f"processes: start them with torchrun (RANKS_PER_NETWORK in the launch scripts)")
         return False
     rank, world_size = world
     if record.pack:
-        if (record.ranks_per_network or 1) > 1:
+        if record.network_ranks > 1:
             raise UserError("--pack trains several networks in one process and --ranks-per-network one network in "
                             "several; use one of them")
         return False
@@ -310,6 +310,6 @@ class NetworkGroup:
 
 def network_group(record, device):
     """The NetworkGroup of a run placed on several ranks per network (place_ranks), else None."""
-    if (record.ranks_per_network or 1) <= 1:
+    if record.network_ranks <= 1:
         return None
     return NetworkGroup.join(record, device, record.graft_timeout + record.heartbeat_timeout)

@@ -146,6 +146,11 @@ class RunRecord:
         return cls(**merged)
 
     @property
+    def network_ranks(self):
+        """The ranks each network trains on: ranks_per_network, 1 when unset (one process per network)."""
+        return self.ranks_per_network or 1
+
+    @property
     def teacher_archs(self):
         """The teachers' architectures as a tuple (empty without teachers)."""
         return tuple(t.get("arch") for t in self.teachers or ())

@@ -147,7 +147,7 @@ class DistRingExchange(RingMember):
     @classmethod
     def for_record(cls, record, **settings):
         """Network record.index's member; with several ranks per network (parallel.py), its leader's."""
-        return cls(record.index, record.num, ranks_per_network=record.ranks_per_network or 1, **settings)
+        return cls(record.index, record.num, ranks_per_network=record.network_ranks, **settings)
 
     def _rank_of(self, index):
         """The torchrun rank of network `index`'s leader (its ranks are consecutive, parallel.RankLayout)."""
